@@ -1,0 +1,269 @@
+//! The wire format: CloudEvents 1.0, NATS protocol binding, binary mode.
+//!
+//! The body is the event's JSON; the CloudEvents attributes travel as headers (`ce-id`,
+//! `ce-type`, ...), with `Nats-Msg-Id` set to `ce-id` so the server drops duplicates. A message
+//! from another producer that has none of these headers is decoded from its subject and body.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::error::{Error, ErrorKind};
+use crate::event::EventSet;
+use crate::subject::{split_event_subject, Subject};
+
+/// Header names of the wire format.
+pub mod headers {
+    /// CloudEvents spec version; always `1.0`.
+    pub const SPECVERSION: &str = "ce-specversion";
+    /// Event id: a UUIDv7, unique per event.
+    pub const ID: &str = "ce-id";
+    /// The service that published the event.
+    pub const SOURCE: &str = "ce-source";
+    /// `{aggregate}.{event}.v{version}`.
+    pub const TYPE: &str = "ce-type";
+    /// The aggregate id.
+    pub const SUBJECT: &str = "ce-subject";
+    /// When the event was published (RFC 3339).
+    pub const TIME: &str = "ce-time";
+    /// The body's media type: `application/json`.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// The id of the event that started the chain this event belongs to.
+    pub const CORRELATION_ID: &str = "ce-correlationid";
+    /// The id of the event whose handler published this event.
+    pub const CAUSATION_ID: &str = "ce-causationid";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// JetStream's de-duplication id; equal to `ce-id`.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+}
+
+/// The CloudEvents spec version written.
+pub const SPEC_VERSION: &str = "1.0";
+/// The content type of event bodies.
+pub const JSON: &str = "application/json";
+
+/// Options of one encoding: who publishes, and the chain the event belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct EncodeOptions<'a> {
+    /// `ce-source`: the publishing service.
+    pub source: &'a str,
+    /// The event id; a new UUIDv7 when `None`.
+    pub id: Option<&'a str>,
+    /// The correlation id; the event's own id when `None`.
+    pub correlation_id: Option<&'a str>,
+    /// The causation id, if the event was published while handling another.
+    pub causation_id: Option<&'a str>,
+    /// W3C `traceparent`, if a trace is active.
+    pub traceparent: Option<&'a str>,
+    /// Extra headers of the caller's, copied as they are (they may not override the
+    /// CloudEvents ones).
+    pub extra_headers: Option<&'a HeaderMap>,
+}
+
+/// An encoded event, ready to publish.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    /// Where it goes.
+    pub subject: Subject,
+    /// The event id (`ce-id` and `Nats-Msg-Id`).
+    pub id: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The JSON body.
+    pub payload: Bytes,
+}
+
+/// A new event id: a UUIDv7 (time-ordered).
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Inserts a header value, refusing one that NATS cannot carry (`\r` or `\n`).
+pub(crate) fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), Error> {
+    if name.is_empty() || name.bytes().any(|b| b == b':' || !(0x21..0x7f).contains(&b)) {
+        return Err(Error::new(ErrorKind::Encode, format!("invalid header name {name:?}")));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(Error::new(
+            ErrorKind::Encode,
+            format!("invalid value of header `{name}`: it contains a line break"),
+        ));
+    }
+    headers.insert(name, value);
+    Ok(())
+}
+
+/// Encodes an event in binary mode.
+pub fn encode<E: EventSet>(event: &E, opts: &EncodeOptions<'_>) -> Result<EncodedEvent, Error> {
+    let subject = event.event_subject()?;
+    let d = event.descriptor();
+    let payload = event.to_json().map_err(|e| {
+        Error::new(ErrorKind::Encode, format!("cannot serialize `{}` event `{}`", d.aggregate, d.name))
+            .with_source(e)
+    })?;
+    let id = match opts.id {
+        Some(id) => id.to_owned(),
+        None => new_event_id(),
+    };
+    let mut h = HeaderMap::new();
+    if let Some(extra) = opts.extra_headers {
+        for (name, values) in extra.iter() {
+            let n: &str = name.as_ref();
+            if n.starts_with("ce-") || n == headers::MSG_ID || n == headers::CONTENT_TYPE {
+                return Err(Error::new(
+                    ErrorKind::Encode,
+                    format!("header `{n}` is set by eventbus and cannot be given as an extra header"),
+                ));
+            }
+            for v in values {
+                h.append(name.clone(), v.clone());
+            }
+        }
+    }
+    h.insert(headers::SPECVERSION, SPEC_VERSION);
+    insert_header(&mut h, headers::ID, &id)?;
+    insert_header(&mut h, headers::MSG_ID, &id)?;
+    insert_header(&mut h, headers::SOURCE, opts.source)?;
+    h.insert(headers::TYPE, d.cloud_event_type());
+    h.insert(headers::SUBJECT, event.id().as_ref());
+    let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+    h.insert(headers::TIME, now);
+    h.insert(headers::CONTENT_TYPE, JSON);
+    insert_header(&mut h, headers::CORRELATION_ID, opts.correlation_id.unwrap_or(&id))?;
+    if let Some(c) = opts.causation_id {
+        insert_header(&mut h, headers::CAUSATION_ID, c)?;
+    }
+    if let Some(t) = opts.traceparent {
+        insert_header(&mut h, headers::TRACEPARENT, t)?;
+    }
+    Ok(EncodedEvent { subject, id, headers: h, payload: Bytes::from(payload) })
+}
+
+/// What is known of a received event besides its body.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    /// The event id (`ce-id`; for a message of another producer, its `Nats-Msg-Id`, else
+    /// `{stream}:{sequence}`).
+    pub id: String,
+    /// The publishing service, if known.
+    pub source: Option<String>,
+    /// The aggregate type.
+    pub aggregate_type: String,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The event type (the subject's last token).
+    pub event_type: String,
+    /// The schema version, if the producer gave one.
+    pub version: Option<u32>,
+    /// The NATS subject.
+    pub subject: String,
+    /// When the event was published, if known.
+    pub time: Option<OffsetDateTime>,
+    /// The correlation id, if any.
+    pub correlation_id: Option<String>,
+    /// The causation id, if any.
+    pub causation_id: Option<String>,
+    /// W3C trace context, if any.
+    pub traceparent: Option<String>,
+    /// All headers as received.
+    pub headers: HeaderMap,
+}
+
+impl Metadata {
+    /// Reads the metadata of a message from its subject and headers.
+    ///
+    /// Binary-mode CloudEvents headers are used when present; otherwise the subject's tokens
+    /// give the aggregate, its id and the event type. A `ce-type` that is not
+    /// `{aggregate}.{event}.v{n}`, a non-JSON content type, or a subject that is not
+    /// `{aggregate}.{id}.{event}` is a [`ErrorKind::Decode`] error.
+    pub fn from_message(subject: &str, headers: Option<&HeaderMap>) -> Result<Metadata, Error> {
+        let empty;
+        let h = match headers {
+            Some(h) => h,
+            None => {
+                empty = HeaderMap::new();
+                &empty
+            }
+        };
+        let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned());
+        let (sub_aggregate, sub_id, sub_event) = split_event_subject(subject).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Decode,
+                format!("subject `{subject}` is not an event subject `{{aggregate}}.{{id}}.{{event}}`"),
+            )
+        })?;
+        if let Some(ct) = h.get(headers::CONTENT_TYPE) {
+            let ct = ct.as_str();
+            let base = ct.split(';').next().unwrap_or("").trim();
+            if !(base == JSON || base.ends_with("+json")) {
+                return Err(Error::new(
+                    ErrorKind::Decode,
+                    format!("message on `{subject}` has content type `{ct}`, not JSON"),
+                ));
+            }
+        }
+        let (aggregate_type, event_type, version) = match h.get(headers::TYPE) {
+            Some(t) => {
+                let (aggregate, name, version) = parse_cloud_event_type(t.as_str()).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Decode,
+                        format!(
+                            "message on `{subject}` has `ce-type` {:?}, not `{{aggregate}}.{{event}}.v{{version}}`",
+                            t.as_str()
+                        ),
+                    )
+                })?;
+                (aggregate.to_owned(), name.to_owned(), Some(version))
+            }
+            None => (sub_aggregate.to_owned(), sub_event.to_owned(), None),
+        };
+        let time = match h.get(headers::TIME) {
+            Some(t) => OffsetDateTime::parse(t.as_str(), &Rfc3339).ok(),
+            None => None,
+        };
+        Ok(Metadata {
+            id: get(headers::ID).or_else(|| get(headers::MSG_ID)).unwrap_or_default(),
+            source: get(headers::SOURCE),
+            aggregate_type,
+            aggregate_id: get(headers::SUBJECT).unwrap_or_else(|| sub_id.to_owned()),
+            event_type,
+            version,
+            subject: subject.to_owned(),
+            time,
+            correlation_id: get(headers::CORRELATION_ID),
+            causation_id: get(headers::CAUSATION_ID),
+            traceparent: get(headers::TRACEPARENT),
+            headers: h.clone(),
+        })
+    }
+}
+
+/// Splits `{aggregate}.{event}.v{version}`.
+pub fn parse_cloud_event_type(t: &str) -> Option<(&str, &str, u32)> {
+    let (rest, v) = t.rsplit_once('.')?;
+    let version = v.strip_prefix('v')?.parse().ok()?;
+    let (aggregate, name) = rest.split_once('.')?;
+    if aggregate.is_empty() || name.is_empty() || name.contains('.') {
+        return None;
+    }
+    Some((aggregate, name, version))
+}
+
+/// Decodes the body of a received event into a value of the set `E`.
+pub fn decode<E: EventSet>(meta: &Metadata, payload: &[u8]) -> Result<E, Error> {
+    if meta.aggregate_type != E::AGGREGATE {
+        return Err(Error::new(
+            ErrorKind::UnknownEventType,
+            format!(
+                "event `{}.{}` on `{}` is not of aggregate `{}`",
+                meta.aggregate_type,
+                meta.event_type,
+                meta.subject,
+                E::AGGREGATE
+            ),
+        ));
+    }
+    E::from_json(&meta.event_type, payload).map_err(Error::from)
+}

@@ -1,0 +1,36 @@
+#![doc = include_str!("../../README.md")]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod handler;
+pub mod registry;
+pub mod subject;
+
+mod bus;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use crate::bus::Bus;
+pub use crate::envelope::Metadata;
+pub use crate::error::{Conflict, Error, ErrorKind};
+pub use crate::event::{AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet};
+pub use crate::handler::{Delivery, EventContext, HandlerError, Retry};
+pub use crate::registry::{AckPolicy, ConsumerOptions, DeliverPolicy, ReplayPolicy};
+pub use crate::subject::Subject;
+
+/// Derives [`DomainEvent`] on a struct, or [`EventSet`] on an enum of event structs.
+pub use eventbus_derive::DomainEvent;
+/// Registers an `async fn(event, ctx) -> Result<(), E>` as a handler.
+pub use eventbus_derive::event_handler;
+
+/// What an application needs in scope: `use eventbus::prelude::*;`.
+pub mod prelude {
+    pub use crate::event::{AggregateId, EventSet};
+    pub use crate::handler::{EventContext, HandlerError};
+    pub use crate::{event_handler, Bus, DomainEvent};
+    pub use serde::{Deserialize, Serialize};
+}

@@ -1,0 +1,142 @@
+//! Support for the code the macros generate. Not part of the API; may change at any time.
+
+use std::future::Future;
+
+pub use inventory;
+pub use serde_json;
+
+use crate::envelope::{decode, Metadata};
+use crate::error::Error;
+use crate::event::EventSet;
+use crate::handler::{EventContext, HandlerError, HandlerFuture};
+
+/// Decodes the event and starts the handler's future.
+pub fn call<E, F, Fut, Err>(meta: &Metadata, body: &[u8], ctx: EventContext, f: F) -> Result<HandlerFuture, Error>
+where
+    E: EventSet,
+    F: FnOnce(E, EventContext) -> Fut,
+    Fut: Future<Output = Result<(), Err>> + Send + 'static,
+    Err: Into<HandlerError>,
+{
+    let event = decode::<E>(meta, body)?;
+    let fut = f(event, ctx);
+    Ok(Box::pin(async move { fut.await.map_err(Into::into) }))
+}
+
+/// Asserts at compile time that a type is an event set (the error points at the type).
+pub const fn assert_event_set<E: EventSet>() {}
+
+/// Asserts at compile time that a handler's error type converts into a `HandlerError`.
+pub fn assert_handler_error<E: Into<HandlerError>>() {}
+
+/// Asserts at compile time that a handler's future can move between threads.
+pub fn assert_send<F: Future + Send>(_: &F) {}
+
+/// Asserts that an aggregate id field's type can be an aggregate id.
+pub const fn assert_aggregate_id<T: crate::event::AggregateId + ?Sized>() {}
+
+/// Fails compilation (in a `const` evaluation) when a handler's subject filter can never
+/// match the events its parameter type decodes. The message names both.
+pub const fn check_handler_subject(handler: &str, filter: &str, event_type: &str, pattern: &str) {
+    if !crate::subject::filters_overlap(filter, pattern) {
+        let mut m = ConstMessage::new();
+        m.push("handler `");
+        m.push(handler);
+        m.push("`: subject filter `");
+        m.push(filter);
+        m.push("` can never match `");
+        m.push(event_type);
+        m.push("` events, which are published on `");
+        m.push(pattern);
+        m.push("`");
+        panic!("{}", m.as_str());
+    }
+}
+
+/// Fails compilation when the variants of an event set belong to different aggregates.
+pub const fn check_same_aggregate(set: &str, variant: &str, expected: &str, actual: &str) {
+    if !const_str_eq(expected, actual) {
+        let mut m = ConstMessage::new();
+        m.push("event set `");
+        m.push(set);
+        m.push("`: variant `");
+        m.push(variant);
+        m.push("` holds an event of aggregate `");
+        m.push(actual);
+        m.push("`, but the set's first variant is of aggregate `");
+        m.push(expected);
+        m.push("`; an event set holds the events of one aggregate");
+        panic!("{}", m.as_str());
+    }
+}
+
+/// Fails compilation when two variants of an event set hold the same event type.
+pub const fn check_distinct_events(set: &str, a: &str, b: &str, name_a: &str, name_b: &str) {
+    if const_str_eq(name_a, name_b) {
+        let mut m = ConstMessage::new();
+        m.push("event set `");
+        m.push(set);
+        m.push("`: variants `");
+        m.push(a);
+        m.push("` and `");
+        m.push(b);
+        m.push("` both hold event type `");
+        m.push(name_a);
+        m.push("`");
+        panic!("{}", m.as_str());
+    }
+}
+
+/// String equality in `const` contexts.
+pub const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The `i`-th event descriptor of a set, in `const` contexts.
+pub const fn descriptor_name(events: &'static [crate::event::EventDescriptor], i: usize) -> &'static str {
+    events[i].name
+}
+
+/// A message composed at compile time (const panics cannot format).
+struct ConstMessage {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl ConstMessage {
+    const fn new() -> Self {
+        ConstMessage { buf: [0; 512], len: 0 }
+    }
+
+    /// Appends `s` whole, or nothing if it does not fit (so the text stays valid UTF-8).
+    const fn push(&mut self, s: &str) {
+        let b = s.as_bytes();
+        if self.len + b.len() > self.buf.len() {
+            return;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            self.buf[self.len] = b[i];
+            self.len += 1;
+            i += 1;
+        }
+    }
+
+    const fn as_str(&self) -> &str {
+        match core::str::from_utf8(self.buf.split_at(self.len).0) {
+            Ok(s) => s,
+            Err(_) => "invalid event handler subject",
+        }
+    }
+}

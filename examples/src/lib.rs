@@ -1,0 +1,1 @@
+//! Runnable eventbus programs (see the `[[bin]]` targets).
