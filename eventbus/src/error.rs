@@ -77,34 +77,17 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     source: Option<BoxError>,
-    conflict: Option<Conflict>,
-}
-
-/// The details of a version conflict ([`ErrorKind::Conflict`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conflict {
-    /// The aggregate's id.
-    pub aggregate_id: String,
-    /// The version the writer expected.
-    pub expected: u64,
-    /// The aggregate's version when the append was refused, when the server told it.
-    pub actual: Option<u64>,
 }
 
 impl Error {
     /// A new error of `kind` with a lower-case message without a trailing period.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None, conflict: None }
+        Error { kind, message: message.into(), source: None }
     }
 
     /// The same error with a cause.
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
-        self
-    }
-
-    pub(crate) fn with_conflict(mut self, conflict: Conflict) -> Self {
-        self.conflict = Some(conflict);
         self
     }
 
@@ -118,10 +101,6 @@ impl Error {
         &self.message
     }
 
-    /// For a [`ErrorKind::Conflict`]: the expected and the actual version.
-    pub fn conflict(&self) -> Option<&Conflict> {
-        self.conflict.as_ref()
-    }
 }
 
 impl fmt::Display for Error {
@@ -134,9 +113,6 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(c) = &self.conflict {
-            d.field("conflict", c);
-        }
         if let Some(s) = &self.source {
             d.field("source", s);
         }

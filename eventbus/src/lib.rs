@@ -8,15 +8,27 @@ pub mod handler;
 pub mod registry;
 pub mod subject;
 
+pub mod config;
+pub mod connection;
+pub mod topology;
+
 mod bus;
+mod dispatch;
+mod provision;
+mod publish;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use crate::bus::Bus;
+pub use crate::bus::{builder, run, Builder, Bus, PublishOptions, MIN_SERVER_VERSION};
+pub use crate::config::{Config, Credentials, Discard, Retention, Storage, StreamOptions, TlsConfig};
+pub use crate::connection::ConnectionState;
+pub use crate::dispatch::dlq_headers;
+pub use crate::publish::Published;
+pub use crate::topology::Topology;
 pub use crate::envelope::Metadata;
-pub use crate::error::{Conflict, Error, ErrorKind};
+pub use crate::error::{Error, ErrorKind};
 pub use crate::event::{AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet};
 pub use crate::handler::{Delivery, EventContext, HandlerError, Retry};
 pub use crate::registry::{AckPolicy, ConsumerOptions, DeliverPolicy, ReplayPolicy};

@@ -87,6 +87,46 @@ pub const fn check_distinct_events(set: &str, a: &str, b: &str, name_a: &str, na
     }
 }
 
+/// Asserts at compile time that a variant of an event set wraps a domain event (an event
+/// struct, not another set); the error points at the variant's type.
+pub const fn assert_domain_event<E: crate::event::DomainEvent>() {}
+
+/// Fails compilation when a variant of an event set holds an event of another aggregate than
+/// the one the set declares (`#[event(aggregate = "...")]` on the enum). The message names both.
+pub const fn check_variant_aggregate(set: &str, variant: &str, set_aggregate: &str, actual: &str) {
+    if !const_str_eq(set_aggregate, actual) {
+        let mut m = ConstMessage::new();
+        m.push("event set `");
+        m.push(set);
+        m.push("` is of aggregate `");
+        m.push(set_aggregate);
+        m.push("`, but its variant `");
+        m.push(variant);
+        m.push("` holds an event of aggregate `");
+        m.push(actual);
+        m.push("`; an event set holds the events of one aggregate");
+        panic!("{}", m.as_str());
+    }
+}
+
+/// The second parameter of an `#[event_handler]` function: implemented by [`EventContext`]
+/// only, so that another type is reported on the parameter's type with a hint.
+#[diagnostic::on_unimplemented(
+    message = "the second parameter of an event handler must be `EventContext`, not `{Self}`",
+    label = "expected `EventContext`",
+    note = "write `ctx: EventContext` (it is cheap to clone), or leave the second parameter out"
+)]
+pub trait HandlerContext {
+    /// The parameter's value, from the context the runtime gives.
+    fn from_context(ctx: EventContext) -> Self;
+}
+
+impl HandlerContext for EventContext {
+    fn from_context(ctx: EventContext) -> Self {
+        ctx
+    }
+}
+
 /// String equality in `const` contexts.
 pub const fn const_str_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());

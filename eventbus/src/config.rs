@@ -1,0 +1,377 @@
+//! Configuration: plain structs with documented defaults, each setting also readable from the
+//! environment ([`Config::from_env`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind};
+use crate::registry::ConsumerOptions;
+
+/// How the bus authenticates to the server.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// No credentials (the default).
+    #[default]
+    None,
+    /// User and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A token.
+    Token(String),
+    /// An nkey seed (`SU...`).
+    NKey(String),
+    /// A `.creds` file (JWT and nkey seed).
+    CredsFile(PathBuf),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("None"),
+            Credentials::UserPassword { user, .. } => write!(f, "UserPassword {{ user: {user:?}, password: \"***\" }}"),
+            Credentials::Token(_) => f.write_str("Token(\"***\")"),
+            Credentials::NKey(_) => f.write_str("NKey(\"***\")"),
+            Credentials::CredsFile(p) => write!(f, "CredsFile({p:?})"),
+        }
+    }
+}
+
+/// TLS settings. TLS is used when any is set or the URL is `tls://`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Require TLS even if the URL does not say so.
+    pub required: bool,
+    /// A PEM file of root certificates to trust (the server's CA).
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate, for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's PEM key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// How the connection is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconnectConfig {
+    /// Reconnect attempts in a row before the bus gives up and `run()` returns an error
+    /// (default 60; `None` for never).
+    pub max_reconnects: Option<usize>,
+    /// The wait between attempts (default 1 s, growing to 8 × this).
+    pub reconnect_wait: Duration,
+    /// How long one connection attempt may take (default 5 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            max_reconnects: Some(60),
+            reconnect_wait: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a stream keeps its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Storage {
+    /// On disk (the default): survives a server restart.
+    File,
+    /// In memory: lost when the server stops.
+    Memory,
+}
+
+/// When a stream removes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Retention {
+    /// Kept until a limit (age, bytes) is reached (the default); needed for replay.
+    Limits,
+    /// Kept while a consumer has not acked them.
+    Interest,
+    /// Removed once acked by one consumer.
+    WorkQueue,
+}
+
+/// What a full stream does with a new event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Discard {
+    /// Removes the oldest events (the default).
+    Old,
+    /// Refuses the new event.
+    New,
+}
+
+/// The settings of one aggregate's stream. `None` means "the default".
+///
+/// | option | default |
+/// |---|---|
+/// | `name` | the aggregate type upper-cased (`order` → `ORDER`) |
+/// | `max_age`, `max_bytes`, `max_message_size` | unlimited |
+/// | `retention` | [`Retention::Limits`] |
+/// | `discard` | [`Discard::Old`] |
+/// | `storage` | [`Storage::File`] (events survive a server restart, in debug builds too) |
+/// | `replicas` | 1 |
+/// | `duplicate_window` | 2 min |
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The stream's name.
+    pub name: Option<String>,
+    /// How long events are kept.
+    pub max_age: Option<Duration>,
+    /// How many bytes the stream may hold.
+    pub max_bytes: Option<i64>,
+    /// The largest event accepted, in bytes.
+    pub max_message_size: Option<i32>,
+    /// When events are removed.
+    pub retention: Option<Retention>,
+    /// What a full stream does.
+    pub discard: Option<Discard>,
+    /// Where events are kept.
+    pub storage: Option<Storage>,
+    /// How many copies a cluster keeps.
+    pub replicas: Option<usize>,
+    /// How long the server remembers event ids to drop duplicates.
+    pub duplicate_window: Option<Duration>,
+}
+
+impl StreamOptions {
+    /// `self` with every option that `over` sets replaced by `over`'s.
+    pub fn overridden_by(&self, over: &StreamOptions) -> StreamOptions {
+        StreamOptions {
+            name: over.name.clone().or_else(|| self.name.clone()),
+            max_age: over.max_age.or(self.max_age),
+            max_bytes: over.max_bytes.or(self.max_bytes),
+            max_message_size: over.max_message_size.or(self.max_message_size),
+            retention: over.retention.or(self.retention),
+            discard: over.discard.or(self.discard),
+            storage: over.storage.or(self.storage),
+            replicas: over.replicas.or(self.replicas),
+            duplicate_window: over.duplicate_window.or(self.duplicate_window),
+        }
+    }
+}
+
+/// The whole configuration of a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Server URLs (`nats://host:port`, `tls://...`), comma-separated in the environment.
+    pub urls: Vec<String>,
+    /// The service's name: the `ce-source` of its events and the prefix of its durable
+    /// consumers. Default: the executable's name.
+    pub service: Option<String>,
+    /// Credentials.
+    pub credentials: Credentials,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// Reconnect policy.
+    pub reconnect: ReconnectConfig,
+    /// How long in-flight handlers may run on after a shutdown began (default 30 s).
+    pub shutdown_grace: Duration,
+    /// How long a publish waits for the server's acknowledgement before it retries with the
+    /// same message id (default 5 s); and how many attempts in all (default 3).
+    pub publish_timeout: Duration,
+    /// How many attempts a publish makes in all before it fails (default 3).
+    pub publish_attempts: u32,
+    /// The options of every stream.
+    pub stream_defaults: StreamOptions,
+    /// Options of one aggregate's stream, by aggregate type.
+    pub streams: BTreeMap<String, StreamOptions>,
+    /// Options of one handler's consumer, by handler name; they override the attribute's.
+    pub handlers: BTreeMap<String, ConsumerOptions>,
+    /// The dead-letter stream's name (default `DLQ`, subjects `dlq.>`).
+    pub dlq_stream: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            urls: Vec::new(),
+            service: None,
+            credentials: Credentials::None,
+            tls: TlsConfig::default(),
+            reconnect: ReconnectConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(5),
+            publish_attempts: 3,
+            stream_defaults: StreamOptions::default(),
+            streams: BTreeMap::new(),
+            handlers: BTreeMap::new(),
+            dlq_stream: "DLQ".to_owned(),
+        }
+    }
+}
+
+/// The environment variables read by [`Config::from_env`].
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("EVENTBUS_URL", "server URLs, comma-separated (else NATS_URL)"),
+    ("EVENTBUS_SERVICE", "the service's name"),
+    ("EVENTBUS_USER / EVENTBUS_PASSWORD", "user and password"),
+    ("EVENTBUS_TOKEN", "a token"),
+    ("EVENTBUS_NKEY", "an nkey seed"),
+    ("EVENTBUS_CREDS", "a .creds file"),
+    ("EVENTBUS_TLS_CA / EVENTBUS_TLS_CERT / EVENTBUS_TLS_KEY", "TLS files"),
+    ("EVENTBUS_TLS_REQUIRED", "true to require TLS"),
+    ("EVENTBUS_MAX_RECONNECTS", "attempts in a row before giving up (0: never)"),
+    ("EVENTBUS_RECONNECT_WAIT", "wait between attempts, e.g. 1s"),
+    ("EVENTBUS_CONNECT_TIMEOUT", "one attempt's limit, e.g. 5s"),
+    ("EVENTBUS_SHUTDOWN_GRACE", "how long in-flight handlers may finish, e.g. 30s"),
+];
+
+impl Config {
+    /// The configuration from the environment (see [`ENV_VARS`]); unset variables keep the
+    /// defaults. A malformed value is an error that names the variable.
+    pub fn from_env() -> Result<Config, Error> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The configuration from a lookup function (for tests and other sources).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let mut c = Config::default();
+        if let Some(u) = get("EVENTBUS_URL").or_else(|| get("NATS_URL")) {
+            c.urls = u.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        c.service = get("EVENTBUS_SERVICE");
+        match (get("EVENTBUS_USER"), get("EVENTBUS_PASSWORD")) {
+            (Some(user), Some(password)) => c.credentials = Credentials::UserPassword { user, password },
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "EVENTBUS_USER and EVENTBUS_PASSWORD must be set together",
+                ))
+            }
+            (None, None) => {}
+        }
+        if let Some(t) = get("EVENTBUS_TOKEN") {
+            c.credentials = Credentials::Token(t);
+        }
+        if let Some(s) = get("EVENTBUS_NKEY") {
+            c.credentials = Credentials::NKey(s);
+        }
+        if let Some(p) = get("EVENTBUS_CREDS") {
+            c.credentials = Credentials::CredsFile(p.into());
+        }
+        c.tls.ca_file = get("EVENTBUS_TLS_CA").map(Into::into);
+        c.tls.cert_file = get("EVENTBUS_TLS_CERT").map(Into::into);
+        c.tls.key_file = get("EVENTBUS_TLS_KEY").map(Into::into);
+        if let Some(v) = get("EVENTBUS_TLS_REQUIRED") {
+            c.tls.required = parse_bool("EVENTBUS_TLS_REQUIRED", &v)?;
+        }
+        if let Some(v) = get("EVENTBUS_MAX_RECONNECTS") {
+            let n: usize = v.trim().parse().map_err(|_| {
+                Error::new(ErrorKind::Config, format!("EVENTBUS_MAX_RECONNECTS={v:?} is not a whole number"))
+            })?;
+            c.reconnect.max_reconnects = (n > 0).then_some(n);
+        }
+        if let Some(v) = get("EVENTBUS_RECONNECT_WAIT") {
+            c.reconnect.reconnect_wait = parse_duration_var("EVENTBUS_RECONNECT_WAIT", &v)?;
+        }
+        if let Some(v) = get("EVENTBUS_CONNECT_TIMEOUT") {
+            c.reconnect.connect_timeout = parse_duration_var("EVENTBUS_CONNECT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("EVENTBUS_SHUTDOWN_GRACE") {
+            c.shutdown_grace = parse_duration_var("EVENTBUS_SHUTDOWN_GRACE", &v)?;
+        }
+        Ok(c)
+    }
+}
+
+fn parse_bool(var: &str, v: &str) -> Result<bool, Error> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::new(ErrorKind::Config, format!("{var}={v:?} is not true or false"))),
+    }
+}
+
+fn parse_duration_var(var: &str, v: &str) -> Result<Duration, Error> {
+    parse_duration(v).ok_or_else(|| {
+        Error::new(ErrorKind::Config, format!("{var}={v:?} is not a duration such as 500ms, 5s, 2m or 1h"))
+    })
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, or a sum such as `1m30s`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(d)?;
+    }
+    Some(total)
+}
+
+/// Whether a name is a valid service or consumer name: `[A-Za-z0-9_-]+`.
+pub(crate) fn is_valid_name(s: &str) -> bool {
+    crate::subject::is_name_token(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        for bad in ["", "s", "5", "5x", "-1s", "1.5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn env() {
+        let vars: BTreeMap<&str, &str> = [
+            ("NATS_URL", "nats://a:1"),
+            ("EVENTBUS_SERVICE", "billing"),
+            ("EVENTBUS_USER", "u"),
+            ("EVENTBUS_PASSWORD", "p"),
+            ("EVENTBUS_MAX_RECONNECTS", "0"),
+            ("EVENTBUS_RECONNECT_WAIT", "250ms"),
+        ]
+        .into_iter()
+        .collect();
+        let c = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.urls, ["nats://a:1"]);
+        assert_eq!(c.service.as_deref(), Some("billing"));
+        assert_eq!(c.credentials, Credentials::UserPassword { user: "u".into(), password: "p".into() });
+        assert_eq!(c.reconnect.max_reconnects, None);
+        assert_eq!(c.reconnect.reconnect_wait, Duration::from_millis(250));
+        assert!(!format!("{:?}", c.credentials).contains("\"p\""), "password not printed");
+
+        let e = Config::from_lookup(|k| (k == "EVENTBUS_CONNECT_TIMEOUT").then(|| "soon".to_owned())).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("EVENTBUS_CONNECT_TIMEOUT"), "{e}");
+        let e = Config::from_lookup(|k| (k == "EVENTBUS_USER").then(|| "u".to_owned())).unwrap_err();
+        assert!(e.to_string().contains("EVENTBUS_PASSWORD"), "{e}");
+    }
+}

@@ -1,0 +1,436 @@
+//! Dispatch: one worker per handler pulls its consumer's events, decodes them, calls the
+//! handler, and settles each event: ack on success, nak with backoff on error, dead letter
+//! and term when retrying cannot help.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::HeaderMap;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::bus::Bus;
+use crate::envelope::Metadata;
+use crate::error::{Error, ErrorKind};
+use crate::handler::{Delivery, EventContext, HandlerError};
+use crate::registry::AckPolicy;
+use crate::topology::ConsumerPlan;
+
+/// Header names of a dead letter.
+pub mod dlq_headers {
+    /// Why the event was dead-lettered: `permanent`, `max_deliver`, `undecodable`,
+    /// `unknown_event_type`.
+    pub const REASON: &str = "eventbus-dlq-reason";
+    /// The handler's last error.
+    pub const ERROR: &str = "eventbus-dlq-error";
+    /// The subject the event was published on.
+    pub const ORIGINAL_SUBJECT: &str = "eventbus-original-subject";
+    /// Its sequence in its stream.
+    pub const ORIGINAL_SEQUENCE: &str = "eventbus-original-sequence";
+    /// Its stream.
+    pub const ORIGINAL_STREAM: &str = "eventbus-original-stream";
+    /// The consumer that gave up on it.
+    pub const CONSUMER: &str = "eventbus-dlq-consumer";
+    /// How many times it was delivered.
+    pub const DELIVERIES: &str = "eventbus-deliveries";
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadReason {
+    Permanent,
+    MaxDeliver,
+    Undecodable,
+    UnknownEventType,
+}
+
+impl DeadReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::MaxDeliver => "max_deliver",
+            DeadReason::Undecodable => "undecodable",
+            DeadReason::UnknownEventType => "unknown_event_type",
+        }
+    }
+}
+
+/// What a worker needs, shared by its tasks.
+pub(crate) struct Worker {
+    pub(crate) plan: ConsumerPlan,
+    pub(crate) stream: String,
+    pub(crate) consumer_name: String,
+    pub(crate) bus: Bus,
+    pub(crate) js: jetstream::Context,
+    pub(crate) dlq_subject: String,
+}
+
+/// Runs a worker until `stop` turns true, then lets in-flight handlers finish within `grace`.
+pub(crate) async fn run(worker: Arc<Worker>, consumer: PullConsumer, mut stop: watch::Receiver<bool>, grace: Duration) {
+    let plan = &worker.plan;
+    let batch = (plan.concurrency * 2).clamp(32, 512);
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let permits = Arc::new(Semaphore::new(plan.concurrency));
+    let lanes: Arc<Mutex<HashMap<String, VecDeque<jetstream::Message>>>> = Arc::default();
+    let mut messages = None;
+    // Ordered: events waiting in a lane behind their aggregate's earlier event are kept with
+    // in-progress acks, so the server does not redeliver them meanwhile.
+    let keeper = plan.ordered.then(|| {
+        let lanes = lanes.clone();
+        let every = (plan.ack_wait / 2).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let waiting: Vec<jetstream::Message> =
+                    lanes.lock().expect("lanes lock").values().flat_map(|q| q.iter().cloned()).collect();
+                for m in waiting {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            }
+        })
+    });
+    'pull: loop {
+        if *stop.borrow() {
+            break;
+        }
+        if messages.is_none() {
+            match consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).expires(Duration::from_secs(30)).messages().await {
+                Ok(m) => messages = Some(m),
+                Err(e) => {
+                    tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot start pulling; retrying");
+                    tokio::select! {
+                        _ = stop.changed() => break 'pull,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'pull,
+                    }
+                }
+            }
+        }
+        let stream = messages.as_mut().expect("set above");
+        // Take a permit before pulling the next event, so no event waits inside the process
+        // without a free handler slot.
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break 'pull,
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let next = tokio::select! {
+            biased;
+            _ = stop.changed() => break 'pull,
+            n = stream.next() => n,
+        };
+        while tasks.try_join_next().is_some() {}
+        match next {
+            Some(Ok(msg)) => {
+                if plan.ordered {
+                    let key = ordering_key(&msg);
+                    let mut map = lanes.lock().expect("lanes lock");
+                    if let Some(queue) = map.get_mut(&key) {
+                        queue.push_back(msg);
+                        drop(permit);
+                        continue;
+                    }
+                    map.insert(key.clone(), VecDeque::new());
+                    drop(map);
+                    let w = worker.clone();
+                    let lanes = lanes.clone();
+                    let stopped = stop.clone();
+                    tasks.spawn(async move {
+                        let mut current = msg;
+                        loop {
+                            handle(&w, current).await;
+                            let mut map = lanes.lock().expect("lanes lock");
+                            if *stopped.borrow() {
+                                // Shutting down: later events of this aggregate were not tried;
+                                // leave them to be redelivered.
+                                map.remove(&key);
+                                break;
+                            }
+                            match map.get_mut(&key).and_then(VecDeque::pop_front) {
+                                Some(next) => current = next,
+                                None => {
+                                    map.remove(&key);
+                                    break;
+                                }
+                            }
+                        }
+                        drop(permit);
+                    });
+                } else {
+                    let w = worker.clone();
+                    tasks.spawn(async move {
+                        handle(&w, msg).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Some(Err(e)) => {
+                drop(permit);
+                tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "pull error; continuing");
+                if matches!(e.kind(), async_nats::jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted) {
+                    messages = None;
+                }
+            }
+            None => {
+                drop(permit);
+                messages = None;
+            }
+        }
+    }
+    // Stop pulling: events buffered but not started are neither acked nor nak'd; the server
+    // redelivers them after the ack wait.
+    drop(messages);
+    if let Some(k) = keeper {
+        k.abort();
+    }
+    let in_flight = tasks.len();
+    if in_flight > 0 {
+        tracing::info!(target: "eventbus::dispatch", consumer = %worker.consumer_name, in_flight, "waiting for in-flight handlers");
+    }
+    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            target: "eventbus::dispatch",
+            consumer = %worker.consumer_name,
+            still_running = tasks.len(),
+            "grace period over; stopping handlers that did not finish (their events are not acked and will be redelivered)"
+        );
+        tasks.shutdown().await;
+    }
+}
+
+fn ordering_key(msg: &jetstream::Message) -> String {
+    let subject = msg.subject.as_str();
+    match crate::subject::split_event_subject(subject) {
+        Some((_, id, _)) => id.to_owned(),
+        None => subject.to_owned(),
+    }
+}
+
+enum Outcome {
+    Handled,
+    Failed(HandlerError),
+    Dead(DeadReason, String),
+}
+
+/// Handles one delivered event to the end: settled (acked, nak'd or terminated) or, at
+/// shutdown, left for redelivery.
+async fn handle(w: &Worker, msg: jetstream::Message) {
+    let plan = &w.plan;
+    let (stream_sequence, delivered, pending) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered.max(1) as u64, i.pending),
+        Err(e) => {
+            tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, subject = %msg.subject, error = %e, "message without JetStream metadata; skipped");
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        target: "eventbus::dispatch",
+        "handle",
+        handler = %plan.handler,
+        subject = %msg.subject,
+        stream_sequence,
+        delivered,
+    );
+    async move {
+        let explicit = plan.ack == AckPolicy::Explicit;
+        let meta = match Metadata::from_message(msg.subject.as_str(), msg.headers.as_ref()) {
+            Ok(mut m) => {
+                if m.id.is_empty() {
+                    m.id = format!("{}:{stream_sequence}", w.stream);
+                }
+                Arc::new(m)
+            }
+            Err(e) => {
+                settle(w, &msg, stream_sequence, delivered, Outcome::Dead(DeadReason::Undecodable, crate::error::chain(&e))).await;
+                return;
+            }
+        };
+        if explicit && delivered as i64 > plan.max_deliver {
+            let why = format!(
+                "delivered {delivered} times, more than max_deliver {}: the last attempt did not finish",
+                plan.max_deliver
+            );
+            settle(w, &msg, stream_sequence, delivered, Outcome::Dead(DeadReason::MaxDeliver, why)).await;
+            return;
+        }
+        let mut attempt = delivered;
+        loop {
+            let ctx = EventContext {
+                meta: meta.clone(),
+                delivery: Arc::new(Delivery {
+                    stream: w.stream.clone(),
+                    consumer: w.consumer_name.clone(),
+                    stream_sequence,
+                    delivered: attempt,
+                    pending,
+                }),
+                bus: Some(w.bus.clone()),
+            };
+            let outcome = call(w, &msg, &meta, ctx, explicit).await;
+            match outcome {
+                Outcome::Failed(e) if plan.ordered && explicit && !e.is_permanent() && (attempt as i64) < plan.max_deliver => {
+                    // Ordered: retry in place so later events of the aggregate wait.
+                    let delay = plan.retry_delay(attempt);
+                    tracing::warn!(target: "eventbus::dispatch", error = %e, attempt, ?delay, "handler failed; retrying in order");
+                    keep_while(&msg, plan.ack_wait, tokio::time::sleep(delay)).await;
+                    attempt += 1;
+                }
+                other => {
+                    settle(w, &msg, stream_sequence, attempt, other).await;
+                    return;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Decodes and runs the handler, catching panics, keeping the event with in-progress acks
+/// while it runs.
+async fn call(w: &Worker, msg: &jetstream::Message, meta: &Metadata, ctx: EventContext, explicit: bool) -> Outcome {
+    let reg = w.plan.registration;
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(meta, &msg.payload, ctx)));
+    let fut = match started {
+        Ok(Ok(fut)) => fut,
+        Ok(Err(e)) => {
+            let reason = if e.kind() == ErrorKind::UnknownEventType { DeadReason::UnknownEventType } else { DeadReason::Undecodable };
+            return Outcome::Dead(reason, crate::error::chain(&e));
+        }
+        Err(panic) => return Outcome::Failed(panicked(panic)),
+    };
+    let guarded = AssertUnwindSafe(fut).catch_unwind();
+    let result = if explicit { keep_while(msg, w.plan.ack_wait, guarded).await } else { guarded.await };
+    match result {
+        Ok(Ok(())) => Outcome::Handled,
+        Ok(Err(e)) => Outcome::Failed(e),
+        Err(panic) => Outcome::Failed(panicked(panic)),
+    }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    HandlerError::transient(format!("handler panicked: {what}"))
+}
+
+/// Runs `fut`, sending in-progress acks so the server does not redeliver the event meanwhile.
+async fn keep_while<F: std::future::Future>(msg: &jetstream::Message, ack_wait: Duration, fut: F) -> F::Output {
+    let every = (ack_wait / 2).max(Duration::from_millis(50));
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tokio::time::sleep(every) => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(target: "eventbus::dispatch", error = %e, "cannot send in-progress ack");
+                }
+            }
+        }
+    }
+}
+
+async fn settle(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, outcome: Outcome) {
+    let plan = &w.plan;
+    if plan.ack == AckPolicy::None {
+        if let Outcome::Failed(e) = &outcome {
+            tracing::warn!(target: "eventbus::dispatch", error = %e, "handler failed; ack = none, so the event is not retried");
+        }
+        if let Outcome::Dead(r, e) = &outcome {
+            tracing::warn!(target: "eventbus::dispatch", reason = r.as_str(), error = %e, "event cannot be handled; ack = none, so it is dropped");
+        }
+        return;
+    }
+    let result = match outcome {
+        Outcome::Handled => msg.ack().await,
+        Outcome::Failed(e) if e.is_permanent() => {
+            dead_letter(w, msg, seq, delivered, DeadReason::Permanent, &e.to_string()).await;
+            return;
+        }
+        Outcome::Failed(e) if delivered as i64 >= plan.max_deliver => {
+            dead_letter(w, msg, seq, delivered, DeadReason::MaxDeliver, &e.to_string()).await;
+            return;
+        }
+        Outcome::Failed(e) => {
+            let delay = plan.retry_delay(delivered);
+            tracing::warn!(target: "eventbus::dispatch", error = %e, ?delay, "handler failed; retrying after a delay");
+            msg.ack_with(AckKind::Nak(Some(delay))).await
+        }
+        Outcome::Dead(reason, error) => {
+            dead_letter(w, msg, seq, delivered, reason, &error).await;
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(target: "eventbus::dispatch", error = %e, "cannot settle event; the server will redeliver it");
+    }
+}
+
+/// Stores the event in the dead-letter stream, then terminates it. If the dead letter cannot be
+/// stored, the event is nak'd instead, so it is not lost.
+async fn dead_letter(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, reason: DeadReason, error: &str) {
+    tracing::error!(target: "eventbus::dispatch", reason = reason.as_str(), %error, "dead-lettering event");
+    match store_dead_letter(w, msg, seq, delivered, reason, error).await {
+        Ok(()) => {
+            if let Err(e) = msg.ack_with(AckKind::Term).await {
+                tracing::warn!(target: "eventbus::dispatch", error = %e, "cannot terminate dead-lettered event");
+            }
+        }
+        Err(e) => {
+            tracing::error!(target: "eventbus::dispatch", error = %crate::error::chain(&e), "cannot store dead letter; the event is retried later");
+            let _ = msg.ack_with(AckKind::Nak(Some(w.plan.retry_delay(delivered)))).await;
+        }
+    }
+}
+
+fn header_text(s: &str) -> String {
+    let mut t: String = s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+    if t.len() > 2048 {
+        let mut cut = 2048;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+    }
+    t
+}
+
+async fn store_dead_letter(
+    w: &Worker,
+    msg: &jetstream::Message,
+    seq: u64,
+    delivered: u64,
+    reason: DeadReason,
+    error: &str,
+) -> Result<(), Error> {
+    let mut headers = HeaderMap::new();
+    if let Some(h) = &msg.headers {
+        for (name, values) in h.iter() {
+            let n: &str = name.as_ref();
+            if n.starts_with("Nats-") {
+                continue;
+            }
+            for v in values {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert(dlq_headers::REASON, reason.as_str());
+    headers.insert(dlq_headers::ERROR, header_text(error));
+    headers.insert(dlq_headers::ORIGINAL_SUBJECT, msg.subject.as_str());
+    headers.insert(dlq_headers::ORIGINAL_SEQUENCE, seq.to_string());
+    headers.insert(dlq_headers::ORIGINAL_STREAM, w.stream.as_str());
+    headers.insert(dlq_headers::CONSUMER, w.consumer_name.as_str());
+    headers.insert(dlq_headers::DELIVERIES, delivered.to_string());
+    let id = format!("dlq-{}-{}-{seq}", w.consumer_name, w.stream);
+    headers.insert(crate::envelope::headers::MSG_ID, id.as_str());
+    crate::publish::publish_acked(&w.js, 3, &w.dlq_subject, &id, headers, msg.payload.clone()).await.map(|_| ())
+}

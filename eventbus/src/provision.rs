@@ -1,0 +1,297 @@
+//! Provisioning: make the server's streams and consumers match the topology. Create what is
+//! missing, update what may be updated, refuse what may not with an error that says what
+//! differs and how to fix it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::TryStreamExt;
+
+use crate::config::{Discard, Retention, Storage, StreamOptions};
+use crate::error::{Error, ErrorKind};
+use crate::registry::{AckPolicy, DeliverPolicy, ReplayPolicy};
+use crate::subject::{filter_covers, filters_overlap};
+use crate::topology::{ConsumerPlan, StreamPlan, Topology};
+
+/// The streams in use: planned name → the name of the stream that holds those subjects on the
+/// server (the same, unless an existing stream already covered them).
+pub(crate) type StreamNames = BTreeMap<String, String>;
+
+fn js_error(context: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Provision, context).with_source(e)
+}
+
+fn storage(s: Storage) -> stream::StorageType {
+    match s {
+        Storage::File => stream::StorageType::File,
+        Storage::Memory => stream::StorageType::Memory,
+    }
+}
+
+fn retention(r: Retention) -> stream::RetentionPolicy {
+    match r {
+        Retention::Limits => stream::RetentionPolicy::Limits,
+        Retention::Interest => stream::RetentionPolicy::Interest,
+        Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+    }
+}
+
+fn discard(d: Discard) -> stream::DiscardPolicy {
+    match d {
+        Discard::Old => stream::DiscardPolicy::Old,
+        Discard::New => stream::DiscardPolicy::New,
+    }
+}
+
+/// Applies the plan's settings onto a stream configuration.
+fn apply(cfg: &mut stream::Config, o: &StreamOptions) {
+    cfg.max_age = o.max_age.unwrap_or(Duration::ZERO);
+    cfg.max_bytes = o.max_bytes.unwrap_or(-1);
+    cfg.max_message_size = o.max_message_size.unwrap_or(-1);
+    cfg.discard = discard(o.discard.unwrap_or(Discard::Old));
+    cfg.num_replicas = o.replicas.unwrap_or(1);
+    cfg.duplicate_window = o.duplicate_window.unwrap_or(crate::topology::DEFAULT_DUPLICATE_WINDOW);
+}
+
+fn new_stream_config(plan: &StreamPlan) -> stream::Config {
+    let o = &plan.options;
+    let mut cfg = stream::Config {
+        name: plan.name.clone(),
+        subjects: plan.subjects.clone(),
+        storage: storage(o.storage.unwrap_or(Storage::File)),
+        retention: retention(o.retention.unwrap_or(Retention::Limits)),
+        allow_direct: true,
+        description: Some(match &plan.aggregate {
+            Some(a) => format!("events of aggregate `{a}` (eventbus)"),
+            None => "dead letters (eventbus)".to_owned(),
+        }),
+        ..Default::default()
+    };
+    apply(&mut cfg, o);
+    cfg
+}
+
+/// Creates, updates or adopts every stream of the topology.
+pub(crate) async fn streams(js: &jetstream::Context, topology: &Topology) -> Result<StreamNames, Error> {
+    let existing: Vec<stream::Info> = js
+        .streams()
+        .try_collect()
+        .await
+        .map_err(|e| js_error("cannot list the server's streams".to_owned(), e))?;
+    let mut names = StreamNames::new();
+    let mut problems = Vec::new();
+    for plan in topology.streams.iter().chain(topology.dlq.iter()) {
+        let want = &plan.subjects[0];
+        let covering = existing.iter().find(|i| i.config.subjects.iter().any(|s| filter_covers(s, want)));
+        if let Some(info) = covering {
+            if info.config.name == plan.name {
+                if let Err(p) = reconcile(js, info, plan).await {
+                    problems.push(p);
+                }
+            } else {
+                tracing::info!(
+                    target: "eventbus::provision",
+                    stream = %info.config.name,
+                    subjects = %want,
+                    "using the existing stream that covers the subjects, as it is"
+                );
+            }
+            names.insert(plan.name.clone(), info.config.name.clone());
+            continue;
+        }
+        if let Some(info) = existing.iter().find(|i| i.config.subjects.iter().any(|s| filters_overlap(s, want))) {
+            problems.push(format!(
+                "subjects `{want}` of stream `{}` are partly owned by stream `{}` (subjects: {}); let one stream own `{want}` whole: widen `{}` to `{want}`, or delete it",
+                plan.name,
+                info.config.name,
+                info.config.subjects.join(", "),
+                info.config.name
+            ));
+            continue;
+        }
+        if let Some(info) = existing.iter().find(|i| i.config.name == plan.name) {
+            problems.push(format!(
+                "stream `{}` exists with subjects [{}], which do not cover `{want}`; add `{want}` to it, or give the aggregate another stream name",
+                plan.name,
+                info.config.subjects.join(", ")
+            ));
+            continue;
+        }
+        match js.create_stream(new_stream_config(plan)).await {
+            Ok(_) => {
+                tracing::info!(target: "eventbus::provision", stream = %plan.name, subjects = %want, "created stream");
+                names.insert(plan.name.clone(), plan.name.clone());
+            }
+            Err(e) => problems.push(format!("cannot create stream `{}`: {}", plan.name, crate::error::chain(&e))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(names)
+    } else {
+        Err(Error::new(ErrorKind::Provision, join_problems("stream", &problems)))
+    }
+}
+
+fn join_problems(what: &str, problems: &[String]) -> String {
+    if problems.len() == 1 {
+        return problems[0].clone();
+    }
+    let mut s = format!("{} {what} problems:", problems.len());
+    for p in problems {
+        s.push_str("\n  - ");
+        s.push_str(p);
+    }
+    s
+}
+
+/// Brings an existing stream of ours in line with its plan: refuses what may not change.
+async fn reconcile(js: &jetstream::Context, info: &stream::Info, plan: &StreamPlan) -> Result<(), String> {
+    let have = &info.config;
+    let o = &plan.options;
+    let mut fixed = Vec::new();
+    let want_storage = storage(o.storage.unwrap_or(Storage::File));
+    if have.storage != want_storage {
+        fixed.push(format!(
+            "storage is {:?} on the server but {:?} is configured",
+            have.storage, want_storage
+        ));
+    }
+    let want_retention = retention(o.retention.unwrap_or(Retention::Limits));
+    if have.retention != want_retention {
+        fixed.push(format!(
+            "retention is {:?} on the server but {:?} is configured",
+            have.retention, want_retention
+        ));
+    }
+    if !fixed.is_empty() {
+        return Err(format!(
+            "stream `{}`: {}; these cannot change on an existing stream: configure what the server has, or move the events to a new stream (back it up, delete `{}`, restart)",
+            plan.name,
+            fixed.join(", "),
+            plan.name
+        ));
+    }
+    let mut want = have.clone();
+    apply(&mut want, o);
+    if want == *have {
+        return Ok(());
+    }
+    js.update_stream(want)
+        .await
+        .map(|_| tracing::info!(target: "eventbus::provision", stream = %plan.name, "updated stream settings"))
+        .map_err(|e| format!("cannot update stream `{}`: {}", plan.name, crate::error::chain(&e)))
+}
+
+pub(crate) fn deliver_policy(d: &DeliverPolicy) -> consumer::DeliverPolicy {
+    match d {
+        DeliverPolicy::All => consumer::DeliverPolicy::All,
+        DeliverPolicy::Last => consumer::DeliverPolicy::Last,
+        DeliverPolicy::LastPerSubject => consumer::DeliverPolicy::LastPerSubject,
+        DeliverPolicy::New => consumer::DeliverPolicy::New,
+        DeliverPolicy::ByStartSequence(s) => consumer::DeliverPolicy::ByStartSequence { start_sequence: *s },
+        DeliverPolicy::ByStartTime(t) => consumer::DeliverPolicy::ByStartTime { start_time: *t },
+    }
+}
+
+/// The server-side configuration of a handler's consumer.
+///
+/// The server's `max_deliver` is one more than the plan's: the dispatcher dead-letters after
+/// the last allowed delivery fails, and the extra delivery only happens if the process died
+/// during the last one, so that event is dead-lettered too instead of silently dropped.
+pub(crate) fn consumer_config(plan: &ConsumerPlan, name: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: plan.durable.then(|| name.to_owned()),
+        name: Some(name.to_owned()),
+        description: Some(format!("handler `{}` (eventbus)", plan.handler)),
+        filter_subject: plan.filter.clone(),
+        deliver_policy: deliver_policy(&plan.deliver),
+        ack_policy: match plan.ack {
+            AckPolicy::Explicit => consumer::AckPolicy::Explicit,
+            AckPolicy::None => consumer::AckPolicy::None,
+        },
+        replay_policy: match plan.replay {
+            ReplayPolicy::Instant => consumer::ReplayPolicy::Instant,
+            ReplayPolicy::Original => consumer::ReplayPolicy::Original,
+        },
+        ack_wait: plan.ack_wait,
+        max_deliver: match plan.ack {
+            AckPolicy::Explicit => plan.max_deliver + 1,
+            AckPolicy::None => -1,
+        },
+        inactive_threshold: if plan.durable { Duration::ZERO } else { Duration::from_secs(60) },
+        ..Default::default()
+    }
+}
+
+/// Creates or updates the durable consumer of a handler.
+pub(crate) async fn consumer(js: &jetstream::Context, stream_name: &str, plan: &ConsumerPlan) -> Result<(), Error> {
+    let stream = js
+        .get_stream_no_info(stream_name)
+        .await
+        .map_err(|e| js_error(format!("cannot find stream `{stream_name}`"), e))?;
+    let want = consumer_config(plan, &plan.name);
+    let have = match stream.consumer_info(&plan.name).await {
+        Ok(info) => Some(info.config),
+        Err(e) => match e.kind() {
+            jetstream::context::ConsumerInfoErrorKind::NotFound => None,
+            jetstream::context::ConsumerInfoErrorKind::JetStream(je)
+                if je.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+            {
+                None
+            }
+            _ => return Err(js_error(format!("cannot look up consumer `{}` on `{stream_name}`", plan.name), e)),
+        },
+    };
+    let Some(have) = have else {
+        stream.create_consumer(want).await.map_err(|e| {
+            js_error(format!("cannot create consumer `{}` on stream `{stream_name}`", plan.name), e)
+        })?;
+        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, filter = %plan.filter, "created consumer");
+        return Ok(());
+    };
+    let mut fixed = Vec::new();
+    if have.deliver_policy != want.deliver_policy {
+        fixed.push(format!(
+            "deliver policy is {:?} on the server but {:?} is configured",
+            have.deliver_policy, want.deliver_policy
+        ));
+    }
+    if have.ack_policy != want.ack_policy {
+        fixed.push(format!("ack policy is {:?} on the server but {:?} is configured", have.ack_policy, want.ack_policy));
+    }
+    if have.replay_policy != want.replay_policy {
+        fixed.push(format!(
+            "replay policy is {:?} on the server but {:?} is configured",
+            have.replay_policy, want.replay_policy
+        ));
+    }
+    if !fixed.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Provision,
+            format!(
+                "consumer `{}` of handler `{}` on stream `{stream_name}`: {}; these cannot change on an existing consumer: configure what the server has, give the handler a new durable name (`durable = \"...\"`, it then starts from its deliver policy), or delete the consumer (`nats consumer rm {stream_name} {}`) so it is created anew",
+                plan.name,
+                plan.handler,
+                fixed.join(", "),
+                plan.name
+            ),
+        ));
+    }
+    let changed = have.filter_subject != want.filter_subject
+        || have.ack_wait != want.ack_wait
+        || have.max_deliver != want.max_deliver
+        || have.description != want.description;
+    if changed {
+        let mut update = have.clone();
+        update.filter_subject = want.filter_subject.clone();
+        update.ack_wait = want.ack_wait;
+        update.max_deliver = want.max_deliver;
+        update.description = want.description.clone();
+        stream.update_consumer(update).await.map_err(|e| {
+            js_error(format!("cannot update consumer `{}` on stream `{stream_name}`", plan.name), e)
+        })?;
+        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, "updated consumer");
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! The topology: the streams and consumers the registry asks for, validated as a whole before
+//! any network call, and printable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::{is_valid_name, Config, Discard, Retention, Storage, StreamOptions};
+use crate::error::{Error, ErrorKind};
+use crate::event::EventDescriptor;
+use crate::registry::{AckPolicy, ConsumerOptions, DeliverPolicy, HandlerRegistration, ReplayPolicy};
+use crate::subject::{filter_covers, filter_problem, filters_overlap};
+
+/// Default max deliveries of a consumer.
+pub const DEFAULT_MAX_DELIVER: i64 = 5;
+/// Default ack wait of a consumer.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Default retry delays; the last repeats.
+pub const DEFAULT_BACKOFF: &[Duration] =
+    &[Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(120)];
+/// Default number of events one handler runs at once in one instance.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Default duplicate window of a stream.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// One stream to create or use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// The stream's name.
+    pub name: String,
+    /// The aggregate type whose events it holds (`None` for the dead-letter stream).
+    pub aggregate: Option<String>,
+    /// Its subjects.
+    pub subjects: Vec<String>,
+    /// Its settings (defaults applied where the configuration gave none).
+    pub options: StreamOptions,
+}
+
+/// One consumer to create or update, for one handler.
+#[derive(Debug, Clone)]
+pub struct ConsumerPlan {
+    /// The handler's name.
+    pub handler: String,
+    /// The stream it reads.
+    pub stream: String,
+    /// The consumer's name.
+    pub name: String,
+    /// Whether it is durable (else ephemeral, per instance).
+    pub durable: bool,
+    /// Its filter subject.
+    pub filter: String,
+    /// Where a new consumer starts.
+    pub deliver: DeliverPolicy,
+    /// Ack policy.
+    pub ack: AckPolicy,
+    /// Replay policy.
+    pub replay: ReplayPolicy,
+    /// Deliveries before dead-lettering.
+    pub max_deliver: i64,
+    /// How long the server waits for an ack.
+    pub ack_wait: Duration,
+    /// Retry delays; the last repeats.
+    pub backoff: Vec<Duration>,
+    /// Events handled at once.
+    pub concurrency: usize,
+    /// One aggregate's events one at a time, in order.
+    pub ordered: bool,
+    pub(crate) registration: &'static HandlerRegistration,
+}
+
+impl ConsumerPlan {
+    /// The delay before retry number `delivered` (1 after the first delivery failed).
+    pub fn retry_delay(&self, delivered: u64) -> Duration {
+        let i = (delivered.max(1) - 1) as usize;
+        self.backoff.get(i).or(self.backoff.last()).copied().unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// The whole topology of a service.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The service's name.
+    pub service: String,
+    /// The aggregates' streams.
+    pub streams: Vec<StreamPlan>,
+    /// The dead-letter stream (present when some handler acks explicitly).
+    pub dlq: Option<StreamPlan>,
+    /// One consumer per handler.
+    pub consumers: Vec<ConsumerPlan>,
+}
+
+/// The default stream name of an aggregate: upper-cased, `-` kept.
+pub fn default_stream_name(aggregate: &str) -> String {
+    aggregate.to_ascii_uppercase()
+}
+
+fn stream_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("it is empty");
+    }
+    if name.contains(['.', '*', '>', '/', '\\']) || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("it may not hold `.`, `*`, `>`, `/`, `\\` or white space");
+    }
+    None
+}
+
+impl Topology {
+    /// Plans the topology of `handlers` and `events` under `config`, reporting every problem
+    /// at once as one [`ErrorKind::Registry`] error.
+    pub fn plan(
+        config: &Config,
+        service: &str,
+        handlers: &[&'static HandlerRegistration],
+        events: &[&'static EventDescriptor],
+    ) -> Result<Topology, Error> {
+        let mut problems: Vec<String> = Vec::new();
+        if !is_valid_name(service) {
+            problems.push(format!("service name {service:?} must be one token of [A-Za-z0-9_-]"));
+        }
+
+        let mut aggregates: BTreeSet<&str> = events.iter().map(|e| e.aggregate).collect();
+        aggregates.extend(handlers.iter().map(|h| h.aggregate));
+
+        for a in config.streams.keys() {
+            if !aggregates.contains(a.as_str()) {
+                problems.push(format!(
+                    "stream options are given for aggregate `{a}`, but no registered event or handler has that aggregate (known: {})",
+                    list(aggregates.iter())
+                ));
+            }
+        }
+
+        let mut streams = Vec::new();
+        let mut by_name: BTreeMap<String, &str> = BTreeMap::new();
+        for a in &aggregates {
+            let mut options = config.stream_defaults.clone();
+            if let Some(o) = config.streams.get(*a) {
+                options = options.overridden_by(o);
+            }
+            let name = options.name.clone().unwrap_or_else(|| default_stream_name(a));
+            if let Some(why) = stream_name_problem(&name) {
+                problems.push(format!("stream name {name:?} of aggregate `{a}` is invalid: {why}"));
+            }
+            if let Some(other) = by_name.insert(name.clone(), a) {
+                problems.push(format!(
+                    "aggregates `{other}` and `{a}` both map to stream `{name}`; give one of them another stream name"
+                ));
+            }
+            options.name = Some(name.clone());
+            options.retention.get_or_insert(Retention::Limits);
+            options.discard.get_or_insert(Discard::Old);
+            options.storage.get_or_insert(Storage::File);
+            options.replicas.get_or_insert(1);
+            options.duplicate_window.get_or_insert(DEFAULT_DUPLICATE_WINDOW);
+            if options.replicas == Some(0) || options.replicas > Some(5) {
+                problems.push(format!("stream `{name}`: replicas must be 1 to 5"));
+            }
+            streams.push(StreamPlan {
+                name,
+                aggregate: Some((*a).to_owned()),
+                subjects: vec![format!("{a}.>")],
+                options,
+            });
+        }
+
+        let known: BTreeSet<&str> = handlers.iter().map(|h| h.name).collect();
+        for h in config.handlers.keys() {
+            if !known.contains(h.as_str()) {
+                problems.push(format!(
+                    "consumer options are given for handler `{h}`, but no handler has that name (handlers: {})",
+                    list(known.iter())
+                ));
+            }
+        }
+
+        let mut consumers = Vec::new();
+        let mut durables: BTreeMap<String, &HandlerRegistration> = BTreeMap::new();
+        let mut any_explicit = false;
+        for h in handlers {
+            let here = format!("handler `{}` ({}:{})", h.name, h.file, h.line);
+            let mut o: ConsumerOptions = h.options.clone();
+            if let Some(over) = config.handlers.get(h.name) {
+                o = o.overridden_by(over);
+            }
+            if let Some(why) = filter_problem(h.subject) {
+                problems.push(format!("{here}: subject {:?} is invalid: {why}", h.subject));
+            }
+            let event_filter = format!("{}.*.*", h.aggregate);
+            if !filters_overlap(h.subject, &event_filter) {
+                problems.push(format!(
+                    "{here}: subject `{}` can never match `{}` events ({event_filter})",
+                    h.subject, h.event_type
+                ));
+            }
+            let stream = streams.iter().find(|s| s.subjects.iter().any(|sub| filter_covers(sub, h.subject)));
+            let stream_name = match stream {
+                Some(s) => s.name.clone(),
+                None => {
+                    problems.push(format!(
+                        "{here}: no stream covers subject `{}` (streams: {}); use a subject within one aggregate, such as `{}.*.*`",
+                        h.subject,
+                        list(streams.iter().map(|s| format!("{} [{}]", s.name, s.subjects.join(", ")))),
+                        h.aggregate
+                    ));
+                    String::new()
+                }
+            };
+            let durable = o.durable.unwrap_or(true);
+            let name = match &o.durable_name {
+                Some(n) => n.to_string(),
+                None => format!("{service}-{}", h.name),
+            };
+            if !is_valid_name(&name) {
+                problems.push(format!("{here}: consumer name {name:?} must be one token of [A-Za-z0-9_-]"));
+            }
+            if durable {
+                if let Some(prev) = durables.insert(name.clone(), h) {
+                    problems.push(format!(
+                        "duplicate durable consumer `{name}`: handlers `{}` ({}:{}) and `{}` ({}:{}); give one of them `durable = \"...\"`",
+                        prev.name, prev.file, prev.line, h.name, h.file, h.line
+                    ));
+                }
+            }
+            let ack = o.ack.unwrap_or(AckPolicy::Explicit);
+            let max_deliver = o.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
+            let ack_wait = o.ack_wait.unwrap_or(DEFAULT_ACK_WAIT);
+            let backoff = o.backoff.as_deref().unwrap_or(DEFAULT_BACKOFF).to_vec();
+            let concurrency = o.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+            if max_deliver < 1 {
+                problems.push(format!("{here}: max_deliver must be at least 1, not {max_deliver}"));
+            }
+            if ack_wait < Duration::from_millis(100) {
+                problems.push(format!("{here}: ack_wait must be at least 100ms, not {ack_wait:?}"));
+            }
+            if backoff.is_empty() {
+                problems.push(format!("{here}: backoff must hold at least one delay"));
+            }
+            if concurrency == 0 {
+                problems.push(format!("{here}: concurrency must be at least 1"));
+            }
+            if ack == AckPolicy::None && (o.max_deliver.is_some() || o.backoff.is_some()) {
+                problems.push(format!(
+                    "{here}: ack = none retries nothing, so max_deliver and backoff do not apply; remove them or ack explicitly"
+                ));
+            }
+            any_explicit |= ack == AckPolicy::Explicit;
+            consumers.push(ConsumerPlan {
+                handler: h.name.to_owned(),
+                stream: stream_name,
+                name,
+                durable,
+                filter: h.subject.to_owned(),
+                deliver: o.deliver.clone().unwrap_or(DeliverPolicy::All),
+                ack,
+                replay: o.replay.unwrap_or(ReplayPolicy::Instant),
+                max_deliver,
+                ack_wait,
+                backoff,
+                concurrency,
+                ordered: o.ordered.unwrap_or(false),
+                registration: h,
+            });
+        }
+
+        let dlq = any_explicit.then(|| StreamPlan {
+            name: config.dlq_stream.clone(),
+            aggregate: None,
+            subjects: vec!["dlq.>".to_owned()],
+            options: StreamOptions {
+                name: Some(config.dlq_stream.clone()),
+                retention: Some(Retention::Limits),
+                discard: Some(Discard::Old),
+                storage: Some(Storage::File),
+                replicas: config.stream_defaults.replicas.or(Some(1)),
+                duplicate_window: Some(DEFAULT_DUPLICATE_WINDOW),
+                ..StreamOptions::default()
+            },
+        });
+        if let Some(d) = &dlq {
+            if let Some(why) = stream_name_problem(&d.name) {
+                problems.push(format!("dead-letter stream name {:?} is invalid: {why}", d.name));
+            }
+            if by_name.contains_key(&d.name) {
+                problems.push(format!(
+                    "the dead-letter stream `{}` has the name of an aggregate's stream; rename one",
+                    d.name
+                ));
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(Topology { service: service.to_owned(), streams, dlq, consumers })
+        } else {
+            let n = problems.len();
+            let mut msg = format!("{n} problem{} in the registered events and handlers:", if n == 1 { "" } else { "s" });
+            for p in &problems {
+                msg.push_str("\n  - ");
+                msg.push_str(p);
+            }
+            Err(Error::new(ErrorKind::Registry, msg))
+        }
+    }
+}
+
+fn list<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let v: Vec<String> = items.map(|i| i.to_string()).collect();
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn dur(d: Option<Duration>) -> String {
+    match d {
+        None => "unlimited".to_owned(),
+        Some(d) => format!("{d:?}"),
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "service {}", self.service)?;
+        writeln!(f, "streams:")?;
+        for s in self.streams.iter().chain(self.dlq.iter()) {
+            let o = &s.options;
+            writeln!(
+                f,
+                "  {} [{}] storage={:?} retention={:?} discard={:?} replicas={} max_age={} max_bytes={} max_msg_size={} duplicate_window={}",
+                s.name,
+                s.subjects.join(", "),
+                o.storage.unwrap_or(Storage::File),
+                o.retention.unwrap_or(Retention::Limits),
+                o.discard.unwrap_or(Discard::Old),
+                o.replicas.unwrap_or(1),
+                dur(o.max_age),
+                o.max_bytes.map_or("unlimited".to_owned(), |b| b.to_string()),
+                o.max_message_size.map_or("unlimited".to_owned(), |b| b.to_string()),
+                dur(o.duplicate_window),
+            )?;
+        }
+        writeln!(f, "consumers:")?;
+        for c in &self.consumers {
+            writeln!(
+                f,
+                "  {} on {} filter={} handler={} ({}) {} deliver={:?} ack={:?} replay={:?} max_deliver={} ack_wait={:?} backoff={:?} concurrency={}{}",
+                c.name,
+                c.stream,
+                c.filter,
+                c.handler,
+                c.registration.event_type,
+                if c.durable { "durable" } else { "ephemeral" },
+                c.deliver,
+                c.ack,
+                c.replay,
+                c.max_deliver,
+                c.ack_wait,
+                c.backoff,
+                c.concurrency,
+                if c.ordered { " ordered" } else { "" },
+            )?;
+        }
+        Ok(())
+    }
+}
