@@ -79,6 +79,9 @@ pub(crate) async fn connect(config: &Config, service: &str, urls: &[String]) -> 
                 Event::LameDuckMode => {
                     tracing::warn!(target: "eventbus::connection", "server entered lame duck mode");
                 }
+                Event::Draining => {
+                    tracing::info!(target: "eventbus::connection", "draining the connection");
+                }
                 Event::SlowConsumer(sid) => {
                     tracing::warn!(target: "eventbus::connection", sid, "slow consumer");
                 }

@@ -187,6 +187,7 @@ pub(crate) async fn run(worker: Arc<Worker>, consumer: PullConsumer, mut stop: w
     if let Some(k) = keeper {
         k.abort();
     }
+    while tasks.try_join_next().is_some() {}
     let in_flight = tasks.len();
     if in_flight > 0 {
         tracing::info!(target: "eventbus::dispatch", consumer = %worker.consumer_name, in_flight, "waiting for in-flight handlers");

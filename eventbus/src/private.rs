@@ -127,6 +127,19 @@ impl HandlerContext for EventContext {
     }
 }
 
+/// A context for an event handled outside a running bus (no publisher; delivered once, from
+/// no stream): lets tests call a registered handler's `call` directly.
+pub fn detached_context(meta: Metadata) -> EventContext {
+    let delivery = crate::handler::Delivery {
+        stream: String::new(),
+        consumer: String::new(),
+        stream_sequence: 0,
+        delivered: 1,
+        pending: 0,
+    };
+    EventContext { meta: std::sync::Arc::new(meta), delivery: std::sync::Arc::new(delivery), bus: None }
+}
+
 /// String equality in `const` contexts.
 pub const fn const_str_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
