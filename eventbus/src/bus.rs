@@ -319,25 +319,25 @@ fn default_service_name() -> String {
         .unwrap_or_else(|| "eventbus".to_owned())
 }
 
-struct Inner {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    service: String,
-    config: Config,
-    topology: Topology,
-    state: watch::Receiver<ConnectionState>,
-    gave_up: watch::Receiver<bool>,
-    stop: watch::Sender<bool>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-    ephemeral: Mutex<Vec<(String, String)>>,
-    server_version: (u64, u64, u64),
-    shut_down: tokio::sync::Mutex<bool>,
+pub(crate) struct Inner {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) service: String,
+    pub(crate) config: Config,
+    pub(crate) topology: Topology,
+    pub(crate) state: watch::Receiver<ConnectionState>,
+    pub(crate) gave_up: watch::Receiver<bool>,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) ephemeral: Mutex<Vec<(String, String)>>,
+    pub(crate) server_version: (u64, u64, u64),
+    pub(crate) shut_down: tokio::sync::Mutex<bool>,
 }
 
 /// A running bus: it runs the handlers, publishes, and shuts down gracefully. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Bus {
