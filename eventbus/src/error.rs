@@ -77,18 +77,55 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     source: Option<BoxError>,
+    conflict: Option<Conflict>,
+}
+
+/// The details of a version conflict ([`ErrorKind::Conflict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The aggregate type.
+    pub aggregate: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The version the writer expected.
+    pub expected: u64,
+    /// The aggregate's version when the append was refused.
+    pub actual: u64,
 }
 
 impl Error {
     /// A new error of `kind` with a lower-case message without a trailing period.
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+            conflict: None,
+        }
     }
 
     /// The same error with a cause.
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    pub(crate) fn conflict_error(conflict: Conflict, source: Option<BoxError>) -> Self {
+        let message = format!(
+            "version conflict on `{}` `{}`: expected version {}, but it is at version {}",
+            conflict.aggregate, conflict.aggregate_id, conflict.expected, conflict.actual
+        );
+        Error {
+            kind: ErrorKind::Conflict,
+            message,
+            source,
+            conflict: Some(conflict),
+        }
+    }
+
+    /// For a [`ErrorKind::Conflict`]: the expected and the actual version.
+    pub fn conflict(&self) -> Option<&Conflict> {
+        self.conflict.as_ref()
     }
 
     /// What kind of failure this is.
@@ -100,7 +137,6 @@ impl Error {
     pub fn message(&self) -> &str {
         &self.message
     }
-
 }
 
 impl fmt::Display for Error {
@@ -113,6 +149,9 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(c) = &self.conflict {
+            d.field("conflict", c);
+        }
         if let Some(s) = &self.source {
             d.field("source", s);
         }
@@ -122,7 +161,9 @@ impl fmt::Debug for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 

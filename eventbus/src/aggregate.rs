@@ -1,0 +1,284 @@
+//! Event-sourced aggregates: [`Aggregate`] folds an aggregate's events into its state;
+//! [`Bus::load`] reads them; [`Bus::append`] and [`Bus::save`] write new ones only if the
+//! aggregate is still at the expected version (optimistic concurrency, checked by the server).
+
+use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use async_nats::HeaderMap;
+
+use crate::bus::Bus;
+use crate::envelope::{encode, EncodeOptions};
+use crate::error::{Conflict, Error, ErrorKind};
+use crate::event::EventSet;
+use crate::publish::{is_wrong_last_sequence, publish_error, Published};
+use crate::read::stream_of;
+use crate::subject::check_aggregate_id;
+
+/// The server version that `append` needs (`Nats-Expected-Last-Subject-Sequence-Subject`).
+pub const APPEND_MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
+
+/// State rebuilt from an aggregate's events.
+pub trait Aggregate: Default + Send {
+    /// The aggregate's events (an event set, or one event type).
+    type Event: EventSet;
+
+    /// Applies one event to the state.
+    fn apply(&mut self, event: &Self::Event);
+}
+
+/// An aggregate's state and the version it is at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<A> {
+    /// The state after every event.
+    pub state: A,
+    /// How many events the aggregate has (0: none yet).
+    pub version: u64,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The aggregate's version after the append.
+    pub version: u64,
+    /// Each event's acknowledgement.
+    pub published: Vec<Published>,
+}
+
+/// Where an aggregate stands: how many events it has and the stream sequence of its last.
+async fn position(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<(u64, u64), Error> {
+    let s = js.get_stream_no_info(stream).await.map_err(|e| {
+        Error::new(
+            ErrorKind::JetStream,
+            format!("cannot open stream `{stream}`"),
+        )
+        .with_source(e)
+    })?;
+    let last = match s.get_last_raw_message_by_subject(filter).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::JetStream,
+                format!("cannot find the last event on `{filter}`"),
+            )
+            .with_source(e))
+        }
+    };
+    let info: serde_json::Value = js
+        .request(
+            format!("STREAM.INFO.{stream}"),
+            &serde_json::json!({ "subjects_filter": filter }),
+        )
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::JetStream,
+                format!("cannot count the events on `{filter}`"),
+            )
+            .with_source(e)
+        })?;
+    if let Some(err) = info.get("error") {
+        return Err(Error::new(
+            ErrorKind::JetStream,
+            format!("cannot count the events on `{filter}`: {err}"),
+        ));
+    }
+    let count = info
+        .pointer("/state/subjects")
+        .and_then(|s| s.as_object())
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    Ok((count, last))
+}
+
+impl Bus {
+    /// Loads an aggregate: applies each of its events, in order, to `A::default()`.
+    pub async fn load<A: Aggregate>(&self, id: impl Into<String>) -> Result<Loaded<A>, Error> {
+        let id = id.into();
+        let mut state = A::default();
+        let mut version = 0;
+        let mut events = self.read::<A::Event>(id).into_stream();
+        use futures::StreamExt;
+        while let Some(r) = events.next().await {
+            let r = r?;
+            state.apply(&r.event);
+            version = r.version;
+        }
+        Ok(Loaded { state, version })
+    }
+
+    /// Appends events to aggregate `id` if it is still at `version` (the version [`Bus::load`]
+    /// returned). Same as [`Bus::append`].
+    pub async fn save<E: EventSet>(
+        &self,
+        id: &str,
+        version: u64,
+        events: &[E],
+    ) -> Result<Appended, Error> {
+        self.append(id, version, events).await
+    }
+
+    /// Appends events to aggregate `id` only if it has exactly `expected_version` events.
+    ///
+    /// The server checks it (`Nats-Expected-Last-Subject-Sequence` on `{aggregate}.{id}.*`),
+    /// so of two writers racing from the same version exactly one wins; the other gets an
+    /// [`ErrorKind::Conflict`] error whose [`Error::conflict`] tells the actual version, and
+    /// none of its events is stored. Needs nats-server 2.11 or newer
+    /// ([`ErrorKind::ServerVersion`] otherwise).
+    ///
+    /// Each event is checked against the one before it, so a writer that loaded after this
+    /// append's first event cannot slip in between its events: it gets a conflict. Should a
+    /// conflict or a lost connection stop an append part-way, the error says how many of the
+    /// events were stored.
+    pub async fn append<E: EventSet>(
+        &self,
+        id: &str,
+        expected_version: u64,
+        events: &[E],
+    ) -> Result<Appended, Error> {
+        let inner = &self.inner;
+        if inner.server_version < APPEND_MIN_SERVER_VERSION {
+            return Err(Error::new(
+                ErrorKind::ServerVersion,
+                format!(
+                    "append with an expected version needs nats-server 2.11 or newer (for Nats-Expected-Last-Subject-Sequence-Subject); the server is {}.{}.{}",
+                    inner.server_version.0, inner.server_version.1, inner.server_version.2
+                ),
+            ));
+        }
+        check_aggregate_id(E::AGGREGATE, id)?;
+        for e in events {
+            if e.id() != id {
+                return Err(Error::new(
+                    ErrorKind::InvalidAggregateId,
+                    format!(
+                        "append to `{}` `{id}` holds an event of aggregate id {:?}",
+                        E::AGGREGATE,
+                        e.id()
+                    ),
+                ));
+            }
+        }
+        let filter = format!("{}.{id}.*", E::AGGREGATE);
+        let stream = stream_of(&inner.js, E::AGGREGATE, id).await?;
+        let (count, mut last) = position(&inner.js, &stream, &filter).await?;
+        let conflict = |actual: u64, source: Option<crate::error::BoxError>| {
+            Error::conflict_error(
+                Conflict {
+                    aggregate: E::AGGREGATE.to_owned(),
+                    aggregate_id: id.to_owned(),
+                    expected: expected_version,
+                    actual,
+                },
+                source,
+            )
+        };
+        if count != expected_version {
+            return Err(conflict(count, None));
+        }
+        let mut published = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let mut extra = HeaderMap::new();
+            extra.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
+            extra.insert(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                filter.as_str(),
+            );
+            let encoded = encode(
+                event,
+                &EncodeOptions {
+                    source: &inner.service,
+                    ..Default::default()
+                },
+            )?;
+            let mut headers = encoded.headers;
+            for (k, vs) in extra.iter() {
+                for v in vs {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+            let subject = encoded.subject.into_string();
+            let result = match inner
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), encoded.payload.clone())
+                .await
+            {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            let result = match result {
+                // Sent again with the same id: a first copy that was stored is reported as a
+                // duplicate, not stored twice.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::jetstream::context::PublishErrorKind::TimedOut
+                            | async_nats::jetstream::context::PublishErrorKind::BrokenPipe
+                    ) =>
+                {
+                    match inner
+                        .js
+                        .publish_with_headers(subject.clone(), headers, encoded.payload)
+                        .await
+                    {
+                        Ok(f) => f.await,
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            match result {
+                Ok(ack) => {
+                    last = ack.sequence;
+                    published.push(Published {
+                        stream: ack.stream,
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                        id: encoded.id,
+                    });
+                }
+                Err(e) if is_wrong_last_sequence(&e) => {
+                    let actual = position(&inner.js, &stream, &filter)
+                        .await
+                        .map(|p| p.0)
+                        .unwrap_or(expected_version + i as u64);
+                    let mut err = conflict(actual, Some(Box::new(e)));
+                    if i > 0 {
+                        err = Error::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "{}; {i} of the {} events were stored before",
+                                err.message(),
+                                events.len()
+                            ),
+                        )
+                        .with_source(err);
+                    }
+                    return Err(err);
+                }
+                Err(e) => {
+                    let err = publish_error(&subject, e);
+                    if i == 0 {
+                        return Err(err);
+                    }
+                    return Err(Error::new(
+                        err.kind(),
+                        format!(
+                            "{}; {i} of the {} events were stored before",
+                            err.message(),
+                            events.len()
+                        ),
+                    )
+                    .with_source(err));
+                }
+            }
+        }
+        Ok(Appended {
+            version: expected_version + events.len() as u64,
+            published,
+        })
+    }
+}
