@@ -10,11 +10,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::bus::Bus;
+use crate::connection::ConnectionState;
 use crate::envelope::Metadata;
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Delivery, EventContext, HandlerError};
@@ -70,14 +71,31 @@ pub(crate) struct Worker {
     pub(crate) dlq_subject: String,
 }
 
+/// How long one pull request waits on the server for events before it is made anew.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The pause after a failed pull before the next one.
+const PULL_RETRY: Duration = Duration::from_millis(500);
+
 /// Runs a worker until `stop` turns true, then lets in-flight handlers finish within `grace`.
-pub(crate) async fn run(worker: Arc<Worker>, consumer: PullConsumer, mut stop: watch::Receiver<bool>, grace: Duration) {
+///
+/// Events are pulled only for free handler slots: the worker reserves every free slot (at
+/// least one) and asks the server for that many events, so each event it receives starts at
+/// once and is kept with in-progress acks from then on. Prefetching more would leave events
+/// waiting in the client's buffer, where nothing keeps them: once the ack wait passes, the
+/// server delivers them again and they are handled twice. It also leaves the rest of the
+/// backlog to the other instances sharing the durable consumer.
+pub(crate) async fn run(
+    worker: Arc<Worker>,
+    consumer: PullConsumer,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let plan = &worker.plan;
-    let batch = (plan.concurrency * 2).clamp(32, 512);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let permits = Arc::new(Semaphore::new(plan.concurrency));
     let lanes: Arc<Mutex<HashMap<String, VecDeque<jetstream::Message>>>> = Arc::default();
-    let mut messages = None;
+    let mut connection = worker.bus.watch_connection();
+    let mut watching_connection = true;
     // Ordered: events waiting in a lane behind their aggregate's earlier event are kept with
     // in-progress acks, so the server does not redeliver them meanwhile.
     let keeper = plan.ordered.then(|| {
@@ -86,8 +104,12 @@ pub(crate) async fn run(worker: Arc<Worker>, consumer: PullConsumer, mut stop: w
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let waiting: Vec<jetstream::Message> =
-                    lanes.lock().expect("lanes lock").values().flat_map(|q| q.iter().cloned()).collect();
+                let waiting: Vec<jetstream::Message> = lanes
+                    .lock()
+                    .expect("lanes lock")
+                    .values()
+                    .flat_map(|q| q.iter().cloned())
+                    .collect();
                 for m in waiting {
                     let _ = m.ack_with(AckKind::Progress).await;
                 }
@@ -98,92 +120,78 @@ pub(crate) async fn run(worker: Arc<Worker>, consumer: PullConsumer, mut stop: w
         if *stop.borrow() {
             break;
         }
-        if messages.is_none() {
-            match consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).expires(Duration::from_secs(30)).messages().await {
-                Ok(m) => messages = Some(m),
-                Err(e) => {
-                    tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot start pulling; retrying");
-                    tokio::select! {
-                        _ = stop.changed() => break 'pull,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'pull,
-                    }
-                }
-            }
-        }
-        let stream = messages.as_mut().expect("set above");
-        // Take a permit before pulling the next event, so no event waits inside the process
-        // without a free handler slot.
-        let permit = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = stop.changed() => break 'pull,
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let next = tokio::select! {
-            biased;
-            _ = stop.changed() => break 'pull,
-            n = stream.next() => n,
+        let mut slots = vec![first];
+        while let Ok(p) = permits.clone().try_acquire_owned() {
+            slots.push(p);
+        }
+        // No idle heartbeats: async-nats's `Batch` swallows one and returns `Pending` without
+        // a wake-up. A pull lost to a reconnect is made anew when the connection comes back.
+        let mut batch = match consumer
+            .batch()
+            .max_messages(slots.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                drop(slots);
+                tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot pull; retrying");
+                tokio::select! {
+                    _ = stop.changed() => break 'pull,
+                    _ = tokio::time::sleep(PULL_RETRY) => continue 'pull,
+                }
+            }
         };
-        while tasks.try_join_next().is_some() {}
-        match next {
-            Some(Ok(msg)) => {
-                if plan.ordered {
-                    let key = ordering_key(&msg);
-                    let mut map = lanes.lock().expect("lanes lock");
-                    if let Some(queue) = map.get_mut(&key) {
-                        queue.push_back(msg);
-                        drop(permit);
-                        continue;
-                    }
-                    map.insert(key.clone(), VecDeque::new());
-                    drop(map);
-                    let w = worker.clone();
-                    let lanes = lanes.clone();
-                    let stopped = stop.clone();
-                    tasks.spawn(async move {
-                        let mut current = msg;
-                        loop {
-                            handle(&w, current).await;
-                            let mut map = lanes.lock().expect("lanes lock");
-                            if *stopped.borrow() {
-                                // Shutting down: later events of this aggregate were not tried;
-                                // leave them to be redelivered.
-                                map.remove(&key);
-                                break;
-                            }
-                            match map.get_mut(&key).and_then(VecDeque::pop_front) {
-                                Some(next) => current = next,
-                                None => {
-                                    map.remove(&key);
-                                    break;
-                                }
-                            }
+        connection.borrow_and_update();
+        let mut failed = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.changed() => break 'pull,
+                changed = connection.changed(), if watching_connection => {
+                    match changed {
+                        // Reconnected: the server may have lost the pull request; make a new one.
+                        Ok(()) if *connection.borrow_and_update() == ConnectionState::Connected => break,
+                        Ok(()) => continue,
+                        Err(_) => {
+                            watching_connection = false;
+                            continue;
                         }
-                        drop(permit);
-                    });
-                } else {
-                    let w = worker.clone();
-                    tasks.spawn(async move {
-                        handle(&w, msg).await;
-                        drop(permit);
-                    });
+                    }
                 }
-            }
-            Some(Err(e)) => {
-                drop(permit);
-                tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "pull error; continuing");
-                if matches!(e.kind(), async_nats::jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted) {
-                    messages = None;
+                n = batch.next() => n,
+            };
+            while tasks.try_join_next().is_some() {}
+            match next {
+                Some(Ok(msg)) => {
+                    let permit = slots
+                        .pop()
+                        .expect("a pull yields at most as many events as it asked for");
+                    start(&worker, &mut tasks, &lanes, &stop, msg, permit);
                 }
+                Some(Err(e)) => {
+                    failed = true;
+                    tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "pull error; continuing");
+                }
+                None => break,
             }
-            None => {
-                drop(permit);
-                messages = None;
+        }
+        drop(slots);
+        if failed {
+            tokio::select! {
+                _ = stop.changed() => break 'pull,
+                _ = tokio::time::sleep(PULL_RETRY) => {}
             }
         }
     }
-    // Stop pulling: events buffered but not started are neither acked nor nak'd; the server
-    // redelivers them after the ack wait.
-    drop(messages);
+    // Stop pulling. Nothing was pulled that did not start; an event still waiting in an ordered
+    // lane is neither acked nor nak'd, and the server redelivers it after the ack wait.
     if let Some(k) = keeper {
         k.abort();
     }
@@ -192,7 +200,8 @@ pub(crate) async fn run(worker: Arc<Worker>, consumer: PullConsumer, mut stop: w
     if in_flight > 0 {
         tracing::info!(target: "eventbus::dispatch", consumer = %worker.consumer_name, in_flight, "waiting for in-flight handlers");
     }
-    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             target: "eventbus::dispatch",
@@ -202,6 +211,59 @@ pub(crate) async fn run(worker: Arc<Worker>, consumer: PullConsumer, mut stop: w
         );
         tasks.shutdown().await;
     }
+}
+
+/// Starts handling one pulled event in its own task, holding `permit` until it is settled. In
+/// ordered mode an event whose aggregate has an event in flight waits in that aggregate's lane
+/// instead, and gives its slot back.
+fn start(
+    worker: &Arc<Worker>,
+    tasks: &mut JoinSet<()>,
+    lanes: &Arc<Mutex<HashMap<String, VecDeque<jetstream::Message>>>>,
+    stop: &watch::Receiver<bool>,
+    msg: jetstream::Message,
+    permit: OwnedSemaphorePermit,
+) {
+    if !worker.plan.ordered {
+        let w = worker.clone();
+        tasks.spawn(async move {
+            handle(&w, msg).await;
+            drop(permit);
+        });
+        return;
+    }
+    let key = ordering_key(&msg);
+    let mut map = lanes.lock().expect("lanes lock");
+    if let Some(queue) = map.get_mut(&key) {
+        queue.push_back(msg);
+        return;
+    }
+    map.insert(key.clone(), VecDeque::new());
+    drop(map);
+    let w = worker.clone();
+    let lanes = lanes.clone();
+    let stopped = stop.clone();
+    tasks.spawn(async move {
+        let mut current = msg;
+        loop {
+            handle(&w, current).await;
+            let mut map = lanes.lock().expect("lanes lock");
+            if *stopped.borrow() {
+                // Shutting down: later events of this aggregate were not tried; leave them to
+                // be redelivered.
+                map.remove(&key);
+                break;
+            }
+            match map.get_mut(&key).and_then(VecDeque::pop_front) {
+                Some(next) => current = next,
+                None => {
+                    map.remove(&key);
+                    break;
+                }
+            }
+        }
+        drop(permit);
+    });
 }
 
 fn ordering_key(msg: &jetstream::Message) -> String {
@@ -294,19 +356,34 @@ async fn handle(w: &Worker, msg: jetstream::Message) {
 
 /// Decodes and runs the handler, catching panics, keeping the event with in-progress acks
 /// while it runs.
-async fn call(w: &Worker, msg: &jetstream::Message, meta: &Metadata, ctx: EventContext, explicit: bool) -> Outcome {
+async fn call(
+    w: &Worker,
+    msg: &jetstream::Message,
+    meta: &Metadata,
+    ctx: EventContext,
+    explicit: bool,
+) -> Outcome {
     let reg = w.plan.registration;
-    let started = std::panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(meta, &msg.payload, ctx)));
+    let started =
+        std::panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(meta, &msg.payload, ctx)));
     let fut = match started {
         Ok(Ok(fut)) => fut,
         Ok(Err(e)) => {
-            let reason = if e.kind() == ErrorKind::UnknownEventType { DeadReason::UnknownEventType } else { DeadReason::Undecodable };
+            let reason = if e.kind() == ErrorKind::UnknownEventType {
+                DeadReason::UnknownEventType
+            } else {
+                DeadReason::Undecodable
+            };
             return Outcome::Dead(reason, crate::error::chain(&e));
         }
         Err(panic) => return Outcome::Failed(panicked(panic)),
     };
     let guarded = AssertUnwindSafe(fut).catch_unwind();
-    let result = if explicit { keep_while(msg, w.plan.ack_wait, guarded).await } else { guarded.await };
+    let result = if explicit {
+        keep_while(msg, w.plan.ack_wait, guarded).await
+    } else {
+        guarded.await
+    };
     match result {
         Ok(Ok(())) => Outcome::Handled,
         Ok(Err(e)) => Outcome::Failed(e),
@@ -324,7 +401,11 @@ fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
 }
 
 /// Runs `fut`, sending in-progress acks so the server does not redeliver the event meanwhile.
-async fn keep_while<F: std::future::Future>(msg: &jetstream::Message, ack_wait: Duration, fut: F) -> F::Output {
+async fn keep_while<F: std::future::Future>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    fut: F,
+) -> F::Output {
     let every = (ack_wait / 2).max(Duration::from_millis(50));
     tokio::pin!(fut);
     loop {
@@ -353,11 +434,27 @@ async fn settle(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, 
     let result = match outcome {
         Outcome::Handled => msg.ack().await,
         Outcome::Failed(e) if e.is_permanent() => {
-            dead_letter(w, msg, seq, delivered, DeadReason::Permanent, &e.to_string()).await;
+            dead_letter(
+                w,
+                msg,
+                seq,
+                delivered,
+                DeadReason::Permanent,
+                &e.to_string(),
+            )
+            .await;
             return;
         }
         Outcome::Failed(e) if delivered as i64 >= plan.max_deliver => {
-            dead_letter(w, msg, seq, delivered, DeadReason::MaxDeliver, &e.to_string()).await;
+            dead_letter(
+                w,
+                msg,
+                seq,
+                delivered,
+                DeadReason::MaxDeliver,
+                &e.to_string(),
+            )
+            .await;
             return;
         }
         Outcome::Failed(e) => {
@@ -377,7 +474,14 @@ async fn settle(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, 
 
 /// Stores the event in the dead-letter stream, then terminates it. If the dead letter cannot be
 /// stored, the event is nak'd instead, so it is not lost.
-async fn dead_letter(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, reason: DeadReason, error: &str) {
+async fn dead_letter(
+    w: &Worker,
+    msg: &jetstream::Message,
+    seq: u64,
+    delivered: u64,
+    reason: DeadReason,
+    error: &str,
+) {
     tracing::error!(target: "eventbus::dispatch", reason = reason.as_str(), %error, "dead-lettering event");
     match store_dead_letter(w, msg, seq, delivered, reason, error).await {
         Ok(()) => {
@@ -387,13 +491,18 @@ async fn dead_letter(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: 
         }
         Err(e) => {
             tracing::error!(target: "eventbus::dispatch", error = %crate::error::chain(&e), "cannot store dead letter; the event is retried later");
-            let _ = msg.ack_with(AckKind::Nak(Some(w.plan.retry_delay(delivered)))).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(w.plan.retry_delay(delivered))))
+                .await;
         }
     }
 }
 
 fn header_text(s: &str) -> String {
-    let mut t: String = s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+    let mut t: String = s
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
     if t.len() > 2048 {
         let mut cut = 2048;
         while !t.is_char_boundary(cut) {
@@ -433,5 +542,7 @@ async fn store_dead_letter(
     headers.insert(dlq_headers::DELIVERIES, delivered.to_string());
     let id = format!("dlq-{}-{}-{seq}", w.consumer_name, w.stream);
     headers.insert(crate::envelope::headers::MSG_ID, id.as_str());
-    crate::publish::publish_acked(&w.js, 3, &w.dlq_subject, &id, headers, msg.payload.clone()).await.map(|_| ())
+    crate::publish::publish_acked(&w.js, 3, &w.dlq_subject, &id, headers, msg.payload.clone())
+        .await
+        .map(|_| ())
 }
