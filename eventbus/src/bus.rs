@@ -26,6 +26,9 @@ use crate::topology::Topology;
 /// The oldest server version eventbus runs on.
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 10, 0);
 
+/// How long a shutdown waits to send the last acks (the connection may be down).
+const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 type Setter = Box<dyn FnOnce(&mut Config) + Send>;
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -48,12 +51,20 @@ pub struct Builder {
 
 /// A builder that reads the environment for what it is not given.
 pub fn builder() -> Builder {
-    Builder { env: true, setters: Vec::new(), selection: Selection::All, shutdown_signal: None }
+    Builder {
+        env: true,
+        setters: Vec::new(),
+        selection: Selection::All,
+        shutdown_signal: None,
+    }
 }
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder").field("env", &self.env).field("selection", &self.selection).finish_non_exhaustive()
+        f.debug_struct("Builder")
+            .field("env", &self.env)
+            .field("selection", &self.selection)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,7 +88,13 @@ impl Builder {
     /// The server URL (`nats://host:port`); several, comma-separated, for a cluster.
     pub fn url(self, url: impl Into<String>) -> Self {
         let url = url.into();
-        self.set(move |c| c.urls = url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+        self.set(move |c| {
+            c.urls = url
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
     }
 
     /// The service's name (`ce-source`, and the prefix of its durable consumers).
@@ -138,7 +155,11 @@ impl Builder {
     pub fn handler(self, name: impl Into<String>, options: ConsumerOptions) -> Self {
         let n = name.into();
         self.set(move |c| {
-            let merged = c.handlers.get(&n).map(|o| o.overridden_by(&options)).unwrap_or(options);
+            let merged = c
+                .handlers
+                .get(&n)
+                .map(|o| o.overridden_by(&options))
+                .unwrap_or(options);
             c.handlers.insert(n, merged);
         })
     }
@@ -171,8 +192,15 @@ impl Builder {
         self
     }
 
-    fn resolve(&mut self) -> Result<(Config, String, Vec<&'static HandlerRegistration>), Error> {
-        let mut config = if self.env { Config::from_env()? } else { Config::default() };
+    /// The configuration, the service's name and the selected handlers, plus the problems of
+    /// the selection itself (names in [`Builder::only_handlers`] that no handler has). Those
+    /// are reported together with the topology's own problems, not on their own.
+    fn resolve(&mut self) -> Result<Resolved, Error> {
+        let mut config = if self.env {
+            Config::from_env()?
+        } else {
+            Config::default()
+        };
         for s in self.setters.drain(..) {
             s(&mut config);
         }
@@ -181,37 +209,47 @@ impl Builder {
             None => default_service_name(),
         };
         let all = registry::handlers();
+        let mut problems = Vec::new();
         let handlers = match &self.selection {
             Selection::All => all,
             Selection::Only(names) => {
-                let unknown: Vec<&String> = names.iter().filter(|n| !all.iter().any(|h| h.name == n.as_str())).collect();
+                let unknown: Vec<&String> = names
+                    .iter()
+                    .filter(|n| !all.iter().any(|h| h.name == n.as_str()))
+                    .collect();
                 if !unknown.is_empty() {
-                    return Err(Error::new(
-                        ErrorKind::Registry,
-                        format!(
-                            "no registered handler is named {}; registered: {}",
-                            unknown.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
-                            all.iter().map(|h| h.name).collect::<Vec<_>>().join(", ")
-                        ),
+                    problems.push(format!(
+                        "no registered handler is named {}; registered: {}",
+                        unknown
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        all.iter().map(|h| h.name).collect::<Vec<_>>().join(", ")
                     ));
                 }
-                all.into_iter().filter(|h| names.iter().any(|n| n == h.name)).collect()
+                all.into_iter()
+                    .filter(|h| names.iter().any(|n| n == h.name))
+                    .collect()
             }
         };
-        Ok((config, service, handlers))
+        Ok(Resolved {
+            config,
+            service,
+            handlers,
+            problems,
+        })
     }
 
     /// The topology this builder would provision, validated, without any network call.
     pub fn topology(mut self) -> Result<Topology, Error> {
-        let (config, service, handlers) = self.resolve()?;
-        Topology::plan(&config, &service, &handlers, &registry::events())
+        self.resolve()?.plan().map(|(_, _, topology)| topology)
     }
 
     /// Validates the registry, connects, provisions streams and consumers, and starts the
     /// handlers.
     pub async fn start(mut self) -> Result<Bus, Error> {
-        let (config, service, handlers) = self.resolve()?;
-        let topology = Topology::plan(&config, &service, &handlers, &registry::events())?;
+        let (config, service, topology) = self.resolve()?.plan()?;
         let urls = match config.urls.as_slice() {
             [] => {
                 return Err(Error::new(
@@ -240,11 +278,16 @@ impl Builder {
                 ),
             ));
         }
-        let js = jetstream::ContextBuilder::new().timeout(config.publish_timeout).build(conn.client.clone());
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .build(conn.client.clone());
         let stream_names = provision::streams(&js, &topology).await?;
         let mut problems = Vec::new();
         for c in topology.consumers.iter().filter(|c| c.durable) {
-            let stream = stream_names.get(&c.stream).cloned().unwrap_or_else(|| c.stream.clone());
+            let stream = stream_names
+                .get(&c.stream)
+                .cloned()
+                .unwrap_or_else(|| c.stream.clone());
             if let Err(e) = provision::consumer(&js, &stream, c).await {
                 problems.push(crate::error::chain(&e));
             }
@@ -269,22 +312,47 @@ impl Builder {
         });
         let bus = Bus { inner };
         for plan in &topology.consumers {
-            let stream_name = stream_names.get(&plan.stream).cloned().unwrap_or_else(|| plan.stream.clone());
-            let stream = js
-                .get_stream_no_info(&stream_name)
-                .await
-                .map_err(|e| Error::new(ErrorKind::Provision, format!("cannot find stream `{stream_name}`")).with_source(e))?;
+            let stream_name = stream_names
+                .get(&plan.stream)
+                .cloned()
+                .unwrap_or_else(|| plan.stream.clone());
+            let stream = js.get_stream_no_info(&stream_name).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Provision,
+                    format!("cannot find stream `{stream_name}`"),
+                )
+                .with_source(e)
+            })?;
             let (consumer, name): (PullConsumer, String) = if plan.durable {
                 let c = stream.get_consumer(&plan.name).await.map_err(|e| {
-                    Error::new(ErrorKind::Provision, format!("cannot bind consumer `{}`", plan.name)).with_source(e)
+                    Error::new(
+                        ErrorKind::Provision,
+                        format!("cannot bind consumer `{}`", plan.name),
+                    )
+                    .with_source(e)
                 })?;
                 (c, plan.name.clone())
             } else {
-                let name = format!("{}-{}", plan.name, &uuid::Uuid::now_v7().simple().to_string()[20..]);
-                let c = stream.create_consumer(provision::consumer_config(plan, &name)).await.map_err(|e| {
-                    Error::new(ErrorKind::Provision, format!("cannot create ephemeral consumer `{name}`")).with_source(e)
-                })?;
-                bus.inner.ephemeral.lock().expect("lock").push((stream_name.clone(), name.clone()));
+                let name = format!(
+                    "{}-{}",
+                    plan.name,
+                    &uuid::Uuid::now_v7().simple().to_string()[20..]
+                );
+                let c = stream
+                    .create_consumer(provision::consumer_config(plan, &name))
+                    .await
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::Provision,
+                            format!("cannot create ephemeral consumer `{name}`"),
+                        )
+                        .with_source(e)
+                    })?;
+                bus.inner
+                    .ephemeral
+                    .lock()
+                    .expect("lock")
+                    .push((stream_name.clone(), name.clone()));
                 (c, name)
             };
             let worker = Arc::new(Worker {
@@ -295,7 +363,12 @@ impl Builder {
                 js: js.clone(),
                 dlq_subject: format!("dlq.{name}"),
             });
-            let handle = tokio::spawn(dispatch::run(worker, consumer, stop_rx.clone(), config.shutdown_grace));
+            let handle = tokio::spawn(dispatch::run(
+                worker,
+                consumer,
+                stop_rx.clone(),
+                config.shutdown_grace,
+            ));
             bus.inner.workers.lock().expect("lock").push(handle);
         }
         tracing::info!(
@@ -310,11 +383,44 @@ impl Builder {
     }
 }
 
+/// What a builder resolved to, before planning.
+struct Resolved {
+    config: Config,
+    service: String,
+    handlers: Vec<&'static HandlerRegistration>,
+    /// Problems of the handler selection, reported with the plan's own.
+    problems: Vec<String>,
+}
+
+impl Resolved {
+    /// The validated topology, with the configuration and the service's name.
+    fn plan(self) -> Result<(Config, String, Topology), Error> {
+        let topology = Topology::plan_with_problems(
+            &self.config,
+            &self.service,
+            &self.handlers,
+            &registry::events(),
+            self.problems,
+        )?;
+        Ok((self.config, self.service, topology))
+    }
+}
+
 fn default_service_name() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|s| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect())
+        .map(|s| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
         .filter(|s: &String| !s.is_empty())
         .unwrap_or_else(|| "eventbus".to_owned())
 }
@@ -414,7 +520,11 @@ impl Bus {
     }
 
     /// Publishes an event with an id, headers or correlation of the caller's.
-    pub async fn publish_with<E: EventSet>(&self, event: &E, options: PublishOptions) -> Result<Published, Error> {
+    pub async fn publish_with<E: EventSet>(
+        &self,
+        event: &E,
+        options: PublishOptions,
+    ) -> Result<Published, Error> {
         let encoded = encode(
             event,
             &EncodeOptions {
@@ -446,13 +556,19 @@ impl Bus {
         let _ = gave_up.wait_for(|g| *g).await;
         Error::new(
             ErrorKind::Connect,
-            format!("lost the connection to {} and reconnect attempts are exhausted", self.inner.config.urls.join(",")),
+            format!(
+                "lost the connection to {} and reconnect attempts are exhausted",
+                self.inner.config.urls.join(",")
+            ),
         )
     }
 
     /// Shuts down gracefully: stops pulling, lets in-flight handlers finish within the grace
     /// period (their events are then acked; events not tried are left for redelivery), removes
     /// ephemeral consumers and drains the connection. Calling it again does nothing.
+    ///
+    /// It does not wait for a lost connection to come back: the last acks get 5 s to go out,
+    /// and events whose acks did not are redelivered (handled again), never lost.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let mut done = self.inner.shut_down.lock().await;
         if *done {
@@ -469,18 +585,32 @@ impl Bus {
         }
         let ephemeral: Vec<_> = std::mem::take(&mut *self.inner.ephemeral.lock().expect("lock"));
         for (stream, name) in ephemeral {
-            if let Err(e) = self.inner.js.delete_consumer_from_stream(&name, &stream).await {
+            if let Err(e) = self
+                .inner
+                .js
+                .delete_consumer_from_stream(&name, &stream)
+                .await
+            {
                 tracing::warn!(target: "eventbus", consumer = %name, error = %e, "cannot remove ephemeral consumer; the server removes it when inactive");
             }
         }
-        if let Err(e) = self.inner.client.flush().await {
-            tracing::warn!(target: "eventbus", error = %e, "cannot flush the last acks");
+        // Bounded: while the server is unreachable a flush waits for the next reconnect, which
+        // may be minutes away; acks that do not get out mean redeliveries, not lost events.
+        match tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, self.inner.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(target: "eventbus", error = %e, "cannot flush the last acks")
+            }
+            Err(_) => tracing::warn!(
+                target: "eventbus",
+                timeout = ?SHUTDOWN_FLUSH_TIMEOUT,
+                state = ?self.connection_state(),
+                "cannot flush the last acks in time; their events will be redelivered"
+            ),
         }
-        self.inner
-            .client
-            .drain()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Shutdown, "cannot drain the connection").with_source(e))?;
+        self.inner.client.drain().await.map_err(|e| {
+            Error::new(ErrorKind::Shutdown, "cannot drain the connection").with_source(e)
+        })?;
         tracing::info!(target: "eventbus", service = %self.inner.service, "shut down");
         Ok(())
     }
@@ -491,7 +621,10 @@ impl EventContext {
     /// forward and the causation id is the handled event's id.
     pub async fn publish<E: EventSet>(&self, event: &E) -> Result<Published, Error> {
         let bus = self.bus.as_ref().ok_or_else(|| {
-            Error::new(ErrorKind::Publish, "this event context has no bus to publish with")
+            Error::new(
+                ErrorKind::Publish,
+                "this event context has no bus to publish with",
+            )
         })?;
         bus.publish_with(
             event,
@@ -517,17 +650,37 @@ pub async fn run() -> Result<(), Error> {
 impl Builder {
     /// Starts the bus and runs it until SIGINT, SIGTERM or the [`Builder::shutdown_on`]
     /// future, then shuts down gracefully.
+    ///
+    /// The signal handlers are installed before start-up, so a SIGTERM that arrives while the
+    /// bus connects and provisions does not kill the process (the default action) but ends it
+    /// cleanly: start-up is abandoned and `run` returns `Ok`.
+    ///
+    /// With `EVENTBUS_PRINT_TOPOLOGY=1` (unless [`Builder::no_env`]) it prints the topology
+    /// and returns without connecting.
     pub async fn run(mut self) -> Result<(), Error> {
-        if std::env::var("EVENTBUS_PRINT_TOPOLOGY").is_ok_and(|v| v == "1" || v == "true") {
+        let print = std::env::var("EVENTBUS_PRINT_TOPOLOGY").is_ok_and(|v| v == "1" || v == "true");
+        if self.env && print {
             let t = self.topology()?;
             println!("{t}");
             return Ok(());
         }
-        let signal = self.shutdown_signal.take();
-        let bus = self.start().await?;
+        let os_signal = shutdown_signal();
+        tokio::pin!(os_signal);
+        let mut signal: ShutdownSignal = self
+            .shutdown_signal
+            .take()
+            .unwrap_or_else(|| Box::pin(std::future::pending()));
+        let bus = tokio::select! {
+            bus = self.start() => bus?,
+            _ = &mut os_signal => {
+                tracing::info!(target: "eventbus", "stopped during start-up");
+                return Ok(());
+            }
+            _ = &mut signal => return Ok(()),
+        };
         let outcome = tokio::select! {
-            _ = shutdown_signal() => Ok(()),
-            _ = async { match signal { Some(s) => s.await, None => std::future::pending().await } } => Ok(()),
+            _ = &mut os_signal => Ok(()),
+            _ = &mut signal => Ok(()),
             e = bus.failed() => Err(e),
         };
         let shut = bus.shutdown().await;
@@ -535,25 +688,37 @@ impl Builder {
     }
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives in between is not lost.
+fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(target: "eventbus", error = %e, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            let wait = |name: &'static str, s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                        tracing::info!(target: "eventbus", "{name} received");
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "eventbus", error = %e, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wait("SIGTERM", term) => {}
+                _ = wait("SIGINT", int) => {}
             }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!(target: "eventbus", "SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!(target: "eventbus", "SIGINT received"),
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -34,7 +34,9 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::None => f.write_str("None"),
-            Credentials::UserPassword { user, .. } => write!(f, "UserPassword {{ user: {user:?}, password: \"***\" }}"),
+            Credentials::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: \"***\" }}")
+            }
             Credentials::Token(_) => f.write_str("Token(\"***\")"),
             Credentials::NKey(_) => f.write_str("NKey(\"***\")"),
             Credentials::CredsFile(p) => write!(f, "CredsFile({p:?})"),
@@ -119,7 +121,7 @@ pub enum Discard {
 /// | `discard` | [`Discard::Old`] |
 /// | `storage` | [`Storage::File`] (events survive a server restart, in debug builds too) |
 /// | `replicas` | 1 |
-/// | `duplicate_window` | 2 min |
+/// | `duplicate_window` | 2 min, or `max_age` if that is shorter (the server allows no longer window) |
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamOptions {
     /// The stream's name.
@@ -211,18 +213,30 @@ impl Default for Config {
 
 /// The environment variables read by [`Config::from_env`].
 pub const ENV_VARS: &[(&str, &str)] = &[
-    ("EVENTBUS_URL", "server URLs, comma-separated (else NATS_URL)"),
+    (
+        "EVENTBUS_URL",
+        "server URLs, comma-separated (else NATS_URL)",
+    ),
     ("EVENTBUS_SERVICE", "the service's name"),
     ("EVENTBUS_USER / EVENTBUS_PASSWORD", "user and password"),
     ("EVENTBUS_TOKEN", "a token"),
     ("EVENTBUS_NKEY", "an nkey seed"),
     ("EVENTBUS_CREDS", "a .creds file"),
-    ("EVENTBUS_TLS_CA / EVENTBUS_TLS_CERT / EVENTBUS_TLS_KEY", "TLS files"),
+    (
+        "EVENTBUS_TLS_CA / EVENTBUS_TLS_CERT / EVENTBUS_TLS_KEY",
+        "TLS files",
+    ),
     ("EVENTBUS_TLS_REQUIRED", "true to require TLS"),
-    ("EVENTBUS_MAX_RECONNECTS", "attempts in a row before giving up (0: never)"),
+    (
+        "EVENTBUS_MAX_RECONNECTS",
+        "attempts in a row before giving up (0: never)",
+    ),
     ("EVENTBUS_RECONNECT_WAIT", "wait between attempts, e.g. 1s"),
     ("EVENTBUS_CONNECT_TIMEOUT", "one attempt's limit, e.g. 5s"),
-    ("EVENTBUS_SHUTDOWN_GRACE", "how long in-flight handlers may finish, e.g. 30s"),
+    (
+        "EVENTBUS_SHUTDOWN_GRACE",
+        "how long in-flight handlers may finish, e.g. 30s",
+    ),
 ];
 
 impl Config {
@@ -237,11 +251,17 @@ impl Config {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let mut c = Config::default();
         if let Some(u) = get("EVENTBUS_URL").or_else(|| get("NATS_URL")) {
-            c.urls = u.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            c.urls = u
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         c.service = get("EVENTBUS_SERVICE");
         match (get("EVENTBUS_USER"), get("EVENTBUS_PASSWORD")) {
-            (Some(user), Some(password)) => c.credentials = Credentials::UserPassword { user, password },
+            (Some(user), Some(password)) => {
+                c.credentials = Credentials::UserPassword { user, password }
+            }
             (Some(_), None) | (None, Some(_)) => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -267,7 +287,10 @@ impl Config {
         }
         if let Some(v) = get("EVENTBUS_MAX_RECONNECTS") {
             let n: usize = v.trim().parse().map_err(|_| {
-                Error::new(ErrorKind::Config, format!("EVENTBUS_MAX_RECONNECTS={v:?} is not a whole number"))
+                Error::new(
+                    ErrorKind::Config,
+                    format!("EVENTBUS_MAX_RECONNECTS={v:?} is not a whole number"),
+                )
             })?;
             c.reconnect.max_reconnects = (n > 0).then_some(n);
         }
@@ -288,13 +311,19 @@ fn parse_bool(var: &str, v: &str) -> Result<bool, Error> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::new(ErrorKind::Config, format!("{var}={v:?} is not true or false"))),
+        _ => Err(Error::new(
+            ErrorKind::Config,
+            format!("{var}={v:?} is not true or false"),
+        )),
     }
 }
 
 fn parse_duration_var(var: &str, v: &str) -> Result<Duration, Error> {
     parse_duration(v).ok_or_else(|| {
-        Error::new(ErrorKind::Config, format!("{var}={v:?} is not a duration such as 500ms, 5s, 2m or 1h"))
+        Error::new(
+            ErrorKind::Config,
+            format!("{var}={v:?} is not a duration such as 500ms, 5s, 2m or 1h"),
+        )
     })
 }
 
@@ -307,13 +336,17 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let d = match unit {
@@ -363,15 +396,27 @@ mod tests {
         let c = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
         assert_eq!(c.urls, ["nats://a:1"]);
         assert_eq!(c.service.as_deref(), Some("billing"));
-        assert_eq!(c.credentials, Credentials::UserPassword { user: "u".into(), password: "p".into() });
+        assert_eq!(
+            c.credentials,
+            Credentials::UserPassword {
+                user: "u".into(),
+                password: "p".into()
+            }
+        );
         assert_eq!(c.reconnect.max_reconnects, None);
         assert_eq!(c.reconnect.reconnect_wait, Duration::from_millis(250));
-        assert!(!format!("{:?}", c.credentials).contains("\"p\""), "password not printed");
+        assert!(
+            !format!("{:?}", c.credentials).contains("\"p\""),
+            "password not printed"
+        );
 
-        let e = Config::from_lookup(|k| (k == "EVENTBUS_CONNECT_TIMEOUT").then(|| "soon".to_owned())).unwrap_err();
+        let e =
+            Config::from_lookup(|k| (k == "EVENTBUS_CONNECT_TIMEOUT").then(|| "soon".to_owned()))
+                .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("EVENTBUS_CONNECT_TIMEOUT"), "{e}");
-        let e = Config::from_lookup(|k| (k == "EVENTBUS_USER").then(|| "u".to_owned())).unwrap_err();
+        let e =
+            Config::from_lookup(|k| (k == "EVENTBUS_USER").then(|| "u".to_owned())).unwrap_err();
         assert!(e.to_string().contains("EVENTBUS_PASSWORD"), "{e}");
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use crate::config::{is_valid_name, Config, Discard, Retention, Storage, StreamOptions};
 use crate::error::{Error, ErrorKind};
 use crate::event::EventDescriptor;
-use crate::registry::{AckPolicy, ConsumerOptions, DeliverPolicy, HandlerRegistration, ReplayPolicy};
+use crate::registry::{
+    AckPolicy, ConsumerOptions, DeliverPolicy, HandlerRegistration, ReplayPolicy,
+};
 use crate::subject::{filter_covers, filter_problem, filters_overlap};
 
 /// Default max deliveries of a consumer.
@@ -16,8 +18,12 @@ pub const DEFAULT_MAX_DELIVER: i64 = 5;
 /// Default ack wait of a consumer.
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Default retry delays; the last repeats.
-pub const DEFAULT_BACKOFF: &[Duration] =
-    &[Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(120)];
+pub const DEFAULT_BACKOFF: &[Duration] = &[
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+];
 /// Default number of events one handler runs at once in one instance.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 /// Default duplicate window of a stream.
@@ -72,7 +78,11 @@ impl ConsumerPlan {
     /// The delay before retry number `delivered` (1 after the first delivery failed).
     pub fn retry_delay(&self, delivered: u64) -> Duration {
         let i = (delivered.max(1) - 1) as usize;
-        self.backoff.get(i).or(self.backoff.last()).copied().unwrap_or(Duration::from_secs(1))
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
     }
 }
 
@@ -98,7 +108,9 @@ fn stream_name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         return Some("it is empty");
     }
-    if name.contains(['.', '*', '>', '/', '\\']) || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if name.contains(['.', '*', '>', '/', '\\'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Some("it may not hold `.`, `*`, `>`, `/`, `\\` or white space");
     }
     None
@@ -113,9 +125,22 @@ impl Topology {
         handlers: &[&'static HandlerRegistration],
         events: &[&'static EventDescriptor],
     ) -> Result<Topology, Error> {
-        let mut problems: Vec<String> = Vec::new();
+        Topology::plan_with_problems(config, service, handlers, events, Vec::new())
+    }
+
+    /// [`Topology::plan`], with problems found before planning (such as an unknown handler
+    /// name in the builder's selection) reported in the same error as the plan's own.
+    pub(crate) fn plan_with_problems(
+        config: &Config,
+        service: &str,
+        handlers: &[&'static HandlerRegistration],
+        events: &[&'static EventDescriptor],
+        mut problems: Vec<String>,
+    ) -> Result<Topology, Error> {
         if !is_valid_name(service) {
-            problems.push(format!("service name {service:?} must be one token of [A-Za-z0-9_-]"));
+            problems.push(format!(
+                "service name {service:?} must be one token of [A-Za-z0-9_-]"
+            ));
         }
 
         let mut aggregates: BTreeSet<&str> = events.iter().map(|e| e.aggregate).collect();
@@ -137,9 +162,14 @@ impl Topology {
             if let Some(o) = config.streams.get(*a) {
                 options = options.overridden_by(o);
             }
-            let name = options.name.clone().unwrap_or_else(|| default_stream_name(a));
+            let name = options
+                .name
+                .clone()
+                .unwrap_or_else(|| default_stream_name(a));
             if let Some(why) = stream_name_problem(&name) {
-                problems.push(format!("stream name {name:?} of aggregate `{a}` is invalid: {why}"));
+                problems.push(format!(
+                    "stream name {name:?} of aggregate `{a}` is invalid: {why}"
+                ));
             }
             if let Some(other) = by_name.insert(name.clone(), a) {
                 problems.push(format!(
@@ -151,7 +181,18 @@ impl Topology {
             options.discard.get_or_insert(Discard::Old);
             options.storage.get_or_insert(Storage::File);
             options.replicas.get_or_insert(1);
-            options.duplicate_window.get_or_insert(DEFAULT_DUPLICATE_WINDOW);
+            // The server refuses a duplicate window longer than the max age: the default one
+            // shrinks to a shorter max age; one configured longer is a problem.
+            let max_age = options.max_age.filter(|a| !a.is_zero());
+            match (options.duplicate_window, max_age) {
+                (Some(window), Some(age)) if window > age => problems.push(format!(
+                    "stream `{name}`: duplicate_window {window:?} is longer than max_age {age:?}; the server refuses that, so shorten duplicate_window"
+                )),
+                (Some(_), _) => {}
+                (None, age) => {
+                    options.duplicate_window = Some(age.map_or(DEFAULT_DUPLICATE_WINDOW, |a| a.min(DEFAULT_DUPLICATE_WINDOW)))
+                }
+            }
             if options.replicas == Some(0) || options.replicas > Some(5) {
                 problems.push(format!("stream `{name}`: replicas must be 1 to 5"));
             }
@@ -192,7 +233,9 @@ impl Topology {
                     h.subject, h.event_type
                 ));
             }
-            let stream = streams.iter().find(|s| s.subjects.iter().any(|sub| filter_covers(sub, h.subject)));
+            let stream = streams
+                .iter()
+                .find(|s| s.subjects.iter().any(|sub| filter_covers(sub, h.subject)));
             let stream_name = match stream {
                 Some(s) => s.name.clone(),
                 None => {
@@ -211,7 +254,9 @@ impl Topology {
                 None => format!("{service}-{}", h.name),
             };
             if !is_valid_name(&name) {
-                problems.push(format!("{here}: consumer name {name:?} must be one token of [A-Za-z0-9_-]"));
+                problems.push(format!(
+                    "{here}: consumer name {name:?} must be one token of [A-Za-z0-9_-]"
+                ));
             }
             if durable {
                 if let Some(prev) = durables.insert(name.clone(), h) {
@@ -227,10 +272,14 @@ impl Topology {
             let backoff = o.backoff.as_deref().unwrap_or(DEFAULT_BACKOFF).to_vec();
             let concurrency = o.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
             if max_deliver < 1 {
-                problems.push(format!("{here}: max_deliver must be at least 1, not {max_deliver}"));
+                problems.push(format!(
+                    "{here}: max_deliver must be at least 1, not {max_deliver}"
+                ));
             }
             if ack_wait < Duration::from_millis(100) {
-                problems.push(format!("{here}: ack_wait must be at least 100ms, not {ack_wait:?}"));
+                problems.push(format!(
+                    "{here}: ack_wait must be at least 100ms, not {ack_wait:?}"
+                ));
             }
             if backoff.is_empty() {
                 problems.push(format!("{here}: backoff must hold at least one delay"));
@@ -278,7 +327,10 @@ impl Topology {
         });
         if let Some(d) = &dlq {
             if let Some(why) = stream_name_problem(&d.name) {
-                problems.push(format!("dead-letter stream name {:?} is invalid: {why}", d.name));
+                problems.push(format!(
+                    "dead-letter stream name {:?} is invalid: {why}",
+                    d.name
+                ));
             }
             if by_name.contains_key(&d.name) {
                 problems.push(format!(
@@ -289,10 +341,18 @@ impl Topology {
         }
 
         if problems.is_empty() {
-            Ok(Topology { service: service.to_owned(), streams, dlq, consumers })
+            Ok(Topology {
+                service: service.to_owned(),
+                streams,
+                dlq,
+                consumers,
+            })
         } else {
             let n = problems.len();
-            let mut msg = format!("{n} problem{} in the registered events and handlers:", if n == 1 { "" } else { "s" });
+            let mut msg = format!(
+                "{n} problem{} in the registered events and handlers:",
+                if n == 1 { "" } else { "s" }
+            );
             for p in &problems {
                 msg.push_str("\n  - ");
                 msg.push_str(p);
