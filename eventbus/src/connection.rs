@@ -38,7 +38,11 @@ pub(crate) fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     Some((major, minor, patch))
 }
 
-pub(crate) async fn connect(config: &Config, service: &str, urls: &[String]) -> Result<Connection, Error> {
+pub(crate) async fn connect(
+    config: &Config,
+    service: &str,
+    urls: &[String],
+) -> Result<Connection, Error> {
     let (state_tx, state) = watch::channel(ConnectionState::Connected);
     let (gave_up_tx, gave_up) = watch::channel(false);
     let mut opts = async_nats::ConnectOptions::new()
@@ -49,7 +53,9 @@ pub(crate) async fn connect(config: &Config, service: &str, urls: &[String]) -> 
     let wait = config.reconnect.reconnect_wait;
     opts = opts.reconnect_delay_callback(move |attempts| {
         let factor = attempts.clamp(1, 8) as u32;
-        wait.saturating_mul(factor).min(wait.saturating_mul(8)).max(Duration::from_millis(10))
+        wait.saturating_mul(factor)
+            .min(wait.saturating_mul(8))
+            .max(Duration::from_millis(10))
     });
     let urls_for_log = urls.join(",");
     opts = opts.event_callback(move |event| {
@@ -91,11 +97,17 @@ pub(crate) async fn connect(config: &Config, service: &str, urls: &[String]) -> 
     });
     opts = match &config.credentials {
         Credentials::None => opts,
-        Credentials::UserPassword { user, password } => opts.user_and_password(user.clone(), password.clone()),
+        Credentials::UserPassword { user, password } => {
+            opts.user_and_password(user.clone(), password.clone())
+        }
         Credentials::Token(t) => opts.token(t.clone()),
         Credentials::NKey(seed) => opts.nkey(seed.clone()),
         Credentials::CredsFile(path) => opts.credentials_file(path).await.map_err(|e| {
-            Error::new(ErrorKind::Config, format!("cannot read credentials file {}", path.display())).with_source(e)
+            Error::new(
+                ErrorKind::Config,
+                format!("cannot read credentials file {}", path.display()),
+            )
+            .with_source(e)
         })?,
     };
     let tls = &config.tls;
@@ -106,23 +118,39 @@ pub(crate) async fn connect(config: &Config, service: &str, urls: &[String]) -> 
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
     match (&tls.cert_file, &tls.key_file) {
-        (Some(c), Some(k)) => opts = opts.add_client_certificate(c.clone(), k.clone()).require_tls(true),
+        (Some(c), Some(k)) => {
+            opts = opts
+                .add_client_certificate(c.clone(), k.clone())
+                .require_tls(true)
+        }
         (None, None) => {}
         _ => {
-            return Err(Error::new(ErrorKind::Config, "a TLS client certificate needs both a cert file and a key file"))
+            return Err(Error::new(
+                ErrorKind::Config,
+                "a TLS client certificate needs both a cert file and a key file",
+            ))
         }
     }
     let addrs: Vec<async_nats::ServerAddr> = urls
         .iter()
         .map(|u| {
-            u.parse::<async_nats::ServerAddr>()
-                .map_err(|e| Error::new(ErrorKind::Config, format!("invalid server URL {u:?}")).with_source(e))
+            u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                Error::new(ErrorKind::Config, format!("invalid server URL {u:?}")).with_source(e)
+            })
         })
         .collect::<Result<_, _>>()?;
     let client = opts.connect(addrs).await.map_err(|e| {
-        Error::new(ErrorKind::Connect, format!("cannot connect to {}", urls.join(","))).with_source(e)
+        Error::new(
+            ErrorKind::Connect,
+            format!("cannot connect to {}", urls.join(",")),
+        )
+        .with_source(e)
     })?;
-    Ok(Connection { client, state, gave_up })
+    Ok(Connection {
+        client,
+        state,
+        gave_up,
+    })
 }
 
 #[cfg(test)]

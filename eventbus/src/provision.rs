@@ -51,7 +51,9 @@ fn apply(cfg: &mut stream::Config, o: &StreamOptions) {
     cfg.max_message_size = o.max_message_size.unwrap_or(-1);
     cfg.discard = discard(o.discard.unwrap_or(Discard::Old));
     cfg.num_replicas = o.replicas.unwrap_or(1);
-    cfg.duplicate_window = o.duplicate_window.unwrap_or(crate::topology::DEFAULT_DUPLICATE_WINDOW);
+    cfg.duplicate_window = o
+        .duplicate_window
+        .unwrap_or(crate::topology::DEFAULT_DUPLICATE_WINDOW);
 }
 
 fn new_stream_config(plan: &StreamPlan) -> stream::Config {
@@ -73,7 +75,10 @@ fn new_stream_config(plan: &StreamPlan) -> stream::Config {
 }
 
 /// Creates, updates or adopts every stream of the topology.
-pub(crate) async fn streams(js: &jetstream::Context, topology: &Topology) -> Result<StreamNames, Error> {
+pub(crate) async fn streams(
+    js: &jetstream::Context,
+    topology: &Topology,
+) -> Result<StreamNames, Error> {
     let existing: Vec<stream::Info> = js
         .streams()
         .try_collect()
@@ -83,7 +88,9 @@ pub(crate) async fn streams(js: &jetstream::Context, topology: &Topology) -> Res
     let mut problems = Vec::new();
     for plan in topology.streams.iter().chain(topology.dlq.iter()) {
         let want = &plan.subjects[0];
-        let covering = existing.iter().find(|i| i.config.subjects.iter().any(|s| filter_covers(s, want)));
+        let covering = existing
+            .iter()
+            .find(|i| i.config.subjects.iter().any(|s| filter_covers(s, want)));
         if let Some(info) = covering {
             if info.config.name == plan.name {
                 if let Err(p) = reconcile(js, info, plan).await {
@@ -100,7 +107,10 @@ pub(crate) async fn streams(js: &jetstream::Context, topology: &Topology) -> Res
             names.insert(plan.name.clone(), info.config.name.clone());
             continue;
         }
-        if let Some(info) = existing.iter().find(|i| i.config.subjects.iter().any(|s| filters_overlap(s, want))) {
+        if let Some(info) = existing
+            .iter()
+            .find(|i| i.config.subjects.iter().any(|s| filters_overlap(s, want)))
+        {
             problems.push(format!(
                 "subjects `{want}` of stream `{}` are partly owned by stream `{}` (subjects: {}); let one stream own `{want}` whole: widen `{}` to `{want}`, or delete it",
                 plan.name,
@@ -123,13 +133,20 @@ pub(crate) async fn streams(js: &jetstream::Context, topology: &Topology) -> Res
                 tracing::info!(target: "eventbus::provision", stream = %plan.name, subjects = %want, "created stream");
                 names.insert(plan.name.clone(), plan.name.clone());
             }
-            Err(e) => problems.push(format!("cannot create stream `{}`: {}", plan.name, crate::error::chain(&e))),
+            Err(e) => problems.push(format!(
+                "cannot create stream `{}`: {}",
+                plan.name,
+                crate::error::chain(&e)
+            )),
         }
     }
     if problems.is_empty() {
         Ok(names)
     } else {
-        Err(Error::new(ErrorKind::Provision, join_problems("stream", &problems)))
+        Err(Error::new(
+            ErrorKind::Provision,
+            join_problems("stream", &problems),
+        ))
     }
 }
 
@@ -146,7 +163,11 @@ fn join_problems(what: &str, problems: &[String]) -> String {
 }
 
 /// Brings an existing stream of ours in line with its plan: refuses what may not change.
-async fn reconcile(js: &jetstream::Context, info: &stream::Info, plan: &StreamPlan) -> Result<(), String> {
+async fn reconcile(
+    js: &jetstream::Context,
+    info: &stream::Info,
+    plan: &StreamPlan,
+) -> Result<(), String> {
     let have = &info.config;
     let o = &plan.options;
     let mut fixed = Vec::new();
@@ -189,7 +210,9 @@ pub(crate) fn deliver_policy(d: &DeliverPolicy) -> consumer::DeliverPolicy {
         DeliverPolicy::Last => consumer::DeliverPolicy::Last,
         DeliverPolicy::LastPerSubject => consumer::DeliverPolicy::LastPerSubject,
         DeliverPolicy::New => consumer::DeliverPolicy::New,
-        DeliverPolicy::ByStartSequence(s) => consumer::DeliverPolicy::ByStartSequence { start_sequence: *s },
+        DeliverPolicy::ByStartSequence(s) => {
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: *s }
+        }
         DeliverPolicy::ByStartTime(t) => consumer::DeliverPolicy::ByStartTime { start_time: *t },
     }
 }
@@ -219,13 +242,21 @@ pub(crate) fn consumer_config(plan: &ConsumerPlan, name: &str) -> consumer::pull
             AckPolicy::Explicit => plan.max_deliver + 1,
             AckPolicy::None => -1,
         },
-        inactive_threshold: if plan.durable { Duration::ZERO } else { Duration::from_secs(60) },
+        inactive_threshold: if plan.durable {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(60)
+        },
         ..Default::default()
     }
 }
 
 /// Creates or updates the durable consumer of a handler.
-pub(crate) async fn consumer(js: &jetstream::Context, stream_name: &str, plan: &ConsumerPlan) -> Result<(), Error> {
+pub(crate) async fn consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    plan: &ConsumerPlan,
+) -> Result<(), Error> {
     let stream = js
         .get_stream_no_info(stream_name)
         .await
@@ -240,12 +271,23 @@ pub(crate) async fn consumer(js: &jetstream::Context, stream_name: &str, plan: &
             {
                 None
             }
-            _ => return Err(js_error(format!("cannot look up consumer `{}` on `{stream_name}`", plan.name), e)),
+            _ => {
+                return Err(js_error(
+                    format!("cannot look up consumer `{}` on `{stream_name}`", plan.name),
+                    e,
+                ))
+            }
         },
     };
     let Some(have) = have else {
         stream.create_consumer(want).await.map_err(|e| {
-            js_error(format!("cannot create consumer `{}` on stream `{stream_name}`", plan.name), e)
+            js_error(
+                format!(
+                    "cannot create consumer `{}` on stream `{stream_name}`",
+                    plan.name
+                ),
+                e,
+            )
         })?;
         tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, filter = %plan.filter, "created consumer");
         return Ok(());
@@ -258,7 +300,10 @@ pub(crate) async fn consumer(js: &jetstream::Context, stream_name: &str, plan: &
         ));
     }
     if have.ack_policy != want.ack_policy {
-        fixed.push(format!("ack policy is {:?} on the server but {:?} is configured", have.ack_policy, want.ack_policy));
+        fixed.push(format!(
+            "ack policy is {:?} on the server but {:?} is configured",
+            have.ack_policy, want.ack_policy
+        ));
     }
     if have.replay_policy != want.replay_policy {
         fixed.push(format!(
@@ -289,7 +334,13 @@ pub(crate) async fn consumer(js: &jetstream::Context, stream_name: &str, plan: &
         update.max_deliver = want.max_deliver;
         update.description = want.description.clone();
         stream.update_consumer(update).await.map_err(|e| {
-            js_error(format!("cannot update consumer `{}` on stream `{stream_name}`", plan.name), e)
+            js_error(
+                format!(
+                    "cannot update consumer `{}` on stream `{stream_name}`",
+                    plan.name
+                ),
+                e,
+            )
         })?;
         tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, "updated consumer");
     }
