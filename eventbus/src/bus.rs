@@ -5,13 +5,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::IntoConsumerConfig};
 use async_nats::HeaderMap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::{Config, Credentials, StreamOptions, TlsConfig};
+use crate::backend::Backend;
 use crate::connection::{self, ConnectionState};
 use crate::dispatch::{self, Worker};
 use crate::envelope::{encode, EncodeOptions};
@@ -281,14 +282,15 @@ impl Builder {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             .build(conn.client.clone());
-        let stream_names = provision::streams(&js, &topology).await?;
+        let backend = Backend::Nats(js.clone());
+        let stream_names = provision::streams(&backend, &topology).await?;
         let mut problems = Vec::new();
         for c in topology.consumers.iter().filter(|c| c.durable) {
             let stream = stream_names
                 .get(&c.stream)
                 .cloned()
                 .unwrap_or_else(|| c.stream.clone());
-            if let Err(e) = provision::consumer(&js, &stream, c).await {
+            if let Err(e) = provision::consumer(&backend, &stream, c).await {
                 problems.push(crate::error::chain(&e));
             }
         }
@@ -316,56 +318,27 @@ impl Builder {
                 .get(&plan.stream)
                 .cloned()
                 .unwrap_or_else(|| plan.stream.clone());
-            let stream = js.get_stream_no_info(&stream_name).await.map_err(|e| {
-                Error::new(
-                    ErrorKind::Provision,
-                    format!("cannot find stream `{stream_name}`"),
-                )
-                .with_source(e)
-            })?;
-            let (consumer, name): (PullConsumer, String) = if plan.durable {
-                let c = stream.get_consumer(&plan.name).await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Provision,
-                        format!("cannot bind consumer `{}`", plan.name),
-                    )
-                    .with_source(e)
-                })?;
-                (c, plan.name.clone())
+            let name = if plan.durable {
+                plan.name.clone()
             } else {
-                let name = format!(
-                    "{}-{}",
-                    plan.name,
-                    &uuid::Uuid::now_v7().simple().to_string()[20..]
-                );
-                let c = stream
-                    .create_consumer(provision::consumer_config(plan, &name))
-                    .await
-                    .map_err(|e| {
-                        Error::new(
-                            ErrorKind::Provision,
-                            format!("cannot create ephemeral consumer `{name}`"),
-                        )
-                        .with_source(e)
-                    })?;
-                bus.inner
-                    .ephemeral
-                    .lock()
-                    .expect("lock")
-                    .push((stream_name.clone(), name.clone()));
-                (c, name)
+                let name = format!("{}-{}", plan.name, &uuid::Uuid::now_v7().simple().to_string()[20..]);
+                let config = provision::consumer_config(plan, &name).into_consumer_config();
+                backend.put_consumer(&stream_name, config, false).await?;
+                bus.inner.ephemeral.lock().expect("lock").push((stream_name.clone(), name.clone()));
+                name
             };
+            let puller = backend.puller(&stream_name, &name, bus.watch_connection()).await?;
             let worker = Arc::new(Worker {
                 plan: plan.clone(),
                 stream: stream_name,
                 consumer_name: name.clone(),
                 bus: bus.clone(),
-                js: js.clone(),
+                backend: backend.clone(),
                 dlq_subject: format!("dlq.{name}"),
             });
             let handle = tokio::spawn(dispatch::run(
                 worker,
-                consumer,
+                puller,
                 stop_rx.clone(),
                 config.shutdown_grace,
             ));

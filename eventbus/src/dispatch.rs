@@ -7,15 +7,15 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::backend::{Backend, Incoming, Pulled, Puller};
 use crate::bus::Bus;
-use crate::connection::ConnectionState;
 use crate::envelope::Metadata;
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Delivery, EventContext, HandlerError};
@@ -61,41 +61,39 @@ impl DeadReason {
     }
 }
 
+/// Events waiting behind their aggregate's earlier event, by aggregate id (ordered mode).
+type Lanes = Arc<Mutex<HashMap<String, VecDeque<Incoming>>>>;
+
 /// What a worker needs, shared by its tasks.
 pub(crate) struct Worker {
     pub(crate) plan: ConsumerPlan,
     pub(crate) stream: String,
     pub(crate) consumer_name: String,
     pub(crate) bus: Bus,
-    pub(crate) js: jetstream::Context,
+    pub(crate) backend: Backend,
     pub(crate) dlq_subject: String,
 }
 
-/// How long one pull request waits on the server for events before it is made anew.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// The pause after a failed pull before the next one.
 const PULL_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs a worker until `stop` turns true, then lets in-flight handlers finish within `grace`.
 ///
-/// Events are pulled only for free handler slots: the worker reserves every free slot (at
-/// least one) and asks the server for that many events, so each event it receives starts at
-/// once and is kept with in-progress acks from then on. Prefetching more would leave events
-/// waiting in the client's buffer, where nothing keeps them: once the ack wait passes, the
-/// server delivers them again and they are handled twice. It also leaves the rest of the
-/// backlog to the other instances sharing the durable consumer.
-pub(crate) async fn run(
-    worker: Arc<Worker>,
-    consumer: PullConsumer,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-) {
+/// Events are pulled by credit, only for free handler slots (see [`crate::pull`]): each
+/// event the worker receives starts at once and is kept with in-progress acks from then on.
+/// Prefetching more would leave events waiting in the client's buffer, where nothing keeps
+/// them: once the ack wait passes, the server delivers them again and they are handled twice.
+/// It also leaves the rest of the backlog to the other instances sharing the durable
+/// consumer. Credit is asked for in batches of a quarter of the slots (at least one), and
+/// requests overlap, so the flow does not stop while a pull travels.
+pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch::Receiver<bool>, grace: Duration) {
     let plan = &worker.plan;
     let mut tasks: JoinSet<()> = JoinSet::new();
     let permits = Arc::new(Semaphore::new(plan.concurrency));
-    let lanes: Arc<Mutex<HashMap<String, VecDeque<jetstream::Message>>>> = Arc::default();
-    let mut connection = worker.bus.watch_connection();
-    let mut watching_connection = true;
+    let min_batch = (plan.concurrency / 4).max(1);
+    // Slots reserved for events asked for and not yet received.
+    let mut reserved: Vec<OwnedSemaphorePermit> = Vec::new();
+    let lanes: Lanes = Arc::default();
     // Ordered: events waiting in a lane behind their aggregate's earlier event are kept with
     // in-progress acks, so the server does not redeliver them meanwhile.
     let keeper = plan.ordered.then(|| {
@@ -104,14 +102,10 @@ pub(crate) async fn run(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let waiting: Vec<jetstream::Message> = lanes
-                    .lock()
-                    .expect("lanes lock")
-                    .values()
-                    .flat_map(|q| q.iter().cloned())
-                    .collect();
+                let waiting: Vec<Incoming> =
+                    lanes.lock().expect("lanes lock").values().flat_map(|q| q.iter().cloned()).collect();
                 for m in waiting {
-                    let _ = m.ack_with(AckKind::Progress).await;
+                    let _ = m.settle(AckKind::Progress).await;
                 }
             }
         })
@@ -120,76 +114,68 @@ pub(crate) async fn run(
         if *stop.borrow() {
             break;
         }
-        let first = tokio::select! {
+        let want = if reserved.is_empty() { 1 } else { min_batch };
+        tokio::select! {
             biased;
             _ = stop.changed() => break 'pull,
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
-        let mut slots = vec![first];
-        while let Ok(p) = permits.clone().try_acquire_owned() {
-            slots.push(p);
-        }
-        // No idle heartbeats: async-nats's `Batch` swallows one and returns `Pending` without
-        // a wake-up. A pull lost to a reconnect is made anew when the connection comes back.
-        let mut batch = match consumer
-            .batch()
-            .max_messages(slots.len())
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => {
-                drop(slots);
-                tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot pull; retrying");
-                tokio::select! {
-                    _ = stop.changed() => break 'pull,
-                    _ = tokio::time::sleep(PULL_RETRY) => continue 'pull,
+            p = permits.clone().acquire_many_owned(want as u32) => {
+                let mut p = p.expect("semaphore is never closed");
+                let mut slots = Vec::with_capacity(plan.concurrency);
+                while p.num_permits() > 1 {
+                    slots.push(p.split(1).expect("more than one permit"));
                 }
-            }
-        };
-        connection.borrow_and_update();
-        let mut failed = false;
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = stop.changed() => break 'pull,
-                changed = connection.changed(), if watching_connection => {
-                    match changed {
-                        // Reconnected: the server may have lost the pull request; make a new one.
-                        Ok(()) if *connection.borrow_and_update() == ConnectionState::Connected => break,
-                        Ok(()) => continue,
-                        Err(_) => {
-                            watching_connection = false;
-                            continue;
+                slots.push(p);
+                while let Ok(more) = permits.clone().try_acquire_owned() {
+                    slots.push(more);
+                }
+                match puller.request(slots.len()).await {
+                    Ok(()) => reserved.extend(slots),
+                    Err(e) => {
+                        drop(slots);
+                        tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot pull; retrying");
+                        tokio::select! {
+                            _ = stop.changed() => break 'pull,
+                            _ = tokio::time::sleep(PULL_RETRY) => {}
                         }
                     }
                 }
-                n = batch.next() => n,
-            };
-            while tasks.try_join_next().is_some() {}
-            match next {
-                Some(Ok(msg)) => {
-                    let permit = slots
-                        .pop()
-                        .expect("a pull yields at most as many events as it asked for");
-                    start(&worker, &mut tasks, &lanes, &stop, msg, permit);
-                }
-                Some(Err(e)) => {
-                    failed = true;
-                    tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "pull error; continuing");
-                }
-                None => break,
             }
-        }
-        drop(slots);
-        if failed {
-            tokio::select! {
-                _ = stop.changed() => break 'pull,
-                _ = tokio::time::sleep(PULL_RETRY) => {}
+            pulled = puller.next() => {
+                while tasks.try_join_next().is_some() {}
+                match pulled {
+                    Pulled::Message(msg) => {
+                        let permit = match reserved.pop() {
+                            Some(p) => p,
+                            None => {
+                                // More events than credit (a pull that outlived a reset):
+                                // keep it until a slot is free.
+                                let _ = msg.settle(AckKind::Progress).await;
+                                tokio::select! {
+                                    _ = stop.changed() => break 'pull,
+                                    p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                                }
+                            }
+                        };
+                        start(&worker, &mut tasks, &lanes, &stop, msg, permit);
+                    }
+                    Pulled::Returned(n) => {
+                        let keep = reserved.len().saturating_sub(n);
+                        reserved.truncate(keep);
+                    }
+                    Pulled::Reset => reserved.clear(),
+                    Pulled::Failed(e) => {
+                        reserved.clear();
+                        tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "pull failed; pulling again shortly");
+                        tokio::select! {
+                            _ = stop.changed() => break 'pull,
+                            _ = tokio::time::sleep(PULL_RETRY) => {}
+                        }
+                    }
+                }
             }
         }
     }
+    drop(reserved);
     // Stop pulling. Nothing was pulled that did not start; an event still waiting in an ordered
     // lane is neither acked nor nak'd, and the server redelivers it after the ack wait.
     if let Some(k) = keeper {
@@ -219,9 +205,9 @@ pub(crate) async fn run(
 fn start(
     worker: &Arc<Worker>,
     tasks: &mut JoinSet<()>,
-    lanes: &Arc<Mutex<HashMap<String, VecDeque<jetstream::Message>>>>,
+    lanes: &Lanes,
     stop: &watch::Receiver<bool>,
-    msg: jetstream::Message,
+    msg: Incoming,
     permit: OwnedSemaphorePermit,
 ) {
     if !worker.plan.ordered {
@@ -266,8 +252,8 @@ fn start(
     });
 }
 
-fn ordering_key(msg: &jetstream::Message) -> String {
-    let subject = msg.subject.as_str();
+fn ordering_key(msg: &Incoming) -> String {
+    let subject = msg.subject();
     match crate::subject::split_event_subject(subject) {
         Some((_, id, _)) => id.to_owned(),
         None => subject.to_owned(),
@@ -282,12 +268,12 @@ enum Outcome {
 
 /// Handles one delivered event to the end: settled (acked, nak'd or terminated) or, at
 /// shutdown, left for redelivery.
-async fn handle(w: &Worker, msg: jetstream::Message) {
+async fn handle(w: &Worker, msg: Incoming) {
     let plan = &w.plan;
     let (stream_sequence, delivered, pending) = match msg.info() {
-        Ok(i) => (i.stream_sequence, i.delivered.max(1) as u64, i.pending),
+        Ok(i) => (i.stream_sequence, i.delivered, i.pending),
         Err(e) => {
-            tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, subject = %msg.subject, error = %e, "message without JetStream metadata; skipped");
+            tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, subject = %msg.subject(), error = %e, "message without JetStream metadata; skipped");
             return;
         }
     };
@@ -295,13 +281,13 @@ async fn handle(w: &Worker, msg: jetstream::Message) {
         target: "eventbus::dispatch",
         "handle",
         handler = %plan.handler,
-        subject = %msg.subject,
+        subject = %msg.subject(),
         stream_sequence,
         delivered,
     );
     async move {
         let explicit = plan.ack == AckPolicy::Explicit;
-        let meta = match Metadata::from_message(msg.subject.as_str(), msg.headers.as_ref()) {
+        let meta = match Metadata::from_message(msg.subject(), msg.headers()) {
             Ok(mut m) => {
                 if m.id.is_empty() {
                     m.id = format!("{}:{stream_sequence}", w.stream);
@@ -358,14 +344,14 @@ async fn handle(w: &Worker, msg: jetstream::Message) {
 /// while it runs.
 async fn call(
     w: &Worker,
-    msg: &jetstream::Message,
+    msg: &Incoming,
     meta: &Metadata,
     ctx: EventContext,
     explicit: bool,
 ) -> Outcome {
     let reg = w.plan.registration;
     let started =
-        std::panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(meta, &msg.payload, ctx)));
+        std::panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(meta, msg.payload(), ctx)));
     let fut = match started {
         Ok(Ok(fut)) => fut,
         Ok(Err(e)) => {
@@ -402,7 +388,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
 
 /// Runs `fut`, sending in-progress acks so the server does not redeliver the event meanwhile.
 async fn keep_while<F: std::future::Future>(
-    msg: &jetstream::Message,
+    msg: &Incoming,
     ack_wait: Duration,
     fut: F,
 ) -> F::Output {
@@ -412,7 +398,7 @@ async fn keep_while<F: std::future::Future>(
         tokio::select! {
             out = &mut fut => return out,
             _ = tokio::time::sleep(every) => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                if let Err(e) = msg.settle(AckKind::Progress).await {
                     tracing::warn!(target: "eventbus::dispatch", error = %e, "cannot send in-progress ack");
                 }
             }
@@ -420,7 +406,7 @@ async fn keep_while<F: std::future::Future>(
     }
 }
 
-async fn settle(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, outcome: Outcome) {
+async fn settle(w: &Worker, msg: &Incoming, seq: u64, delivered: u64, outcome: Outcome) {
     let plan = &w.plan;
     if plan.ack == AckPolicy::None {
         if let Outcome::Failed(e) = &outcome {
@@ -432,7 +418,7 @@ async fn settle(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, 
         return;
     }
     let result = match outcome {
-        Outcome::Handled => msg.ack().await,
+        Outcome::Handled => msg.settle(AckKind::Ack).await,
         Outcome::Failed(e) if e.is_permanent() => {
             dead_letter(
                 w,
@@ -460,7 +446,7 @@ async fn settle(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, 
         Outcome::Failed(e) => {
             let delay = plan.retry_delay(delivered);
             tracing::warn!(target: "eventbus::dispatch", error = %e, ?delay, "handler failed; retrying after a delay");
-            msg.ack_with(AckKind::Nak(Some(delay))).await
+            msg.settle(AckKind::Nak(Some(delay))).await
         }
         Outcome::Dead(reason, error) => {
             dead_letter(w, msg, seq, delivered, reason, &error).await;
@@ -476,7 +462,7 @@ async fn settle(w: &Worker, msg: &jetstream::Message, seq: u64, delivered: u64, 
 /// stored, the event is nak'd instead, so it is not lost.
 async fn dead_letter(
     w: &Worker,
-    msg: &jetstream::Message,
+    msg: &Incoming,
     seq: u64,
     delivered: u64,
     reason: DeadReason,
@@ -485,14 +471,14 @@ async fn dead_letter(
     tracing::error!(target: "eventbus::dispatch", reason = reason.as_str(), %error, "dead-lettering event");
     match store_dead_letter(w, msg, seq, delivered, reason, error).await {
         Ok(()) => {
-            if let Err(e) = msg.ack_with(AckKind::Term).await {
+            if let Err(e) = msg.settle(AckKind::Term).await {
                 tracing::warn!(target: "eventbus::dispatch", error = %e, "cannot terminate dead-lettered event");
             }
         }
         Err(e) => {
             tracing::error!(target: "eventbus::dispatch", error = %crate::error::chain(&e), "cannot store dead letter; the event is retried later");
             let _ = msg
-                .ack_with(AckKind::Nak(Some(w.plan.retry_delay(delivered))))
+                .settle(AckKind::Nak(Some(w.plan.retry_delay(delivered))))
                 .await;
         }
     }
@@ -515,14 +501,14 @@ fn header_text(s: &str) -> String {
 
 async fn store_dead_letter(
     w: &Worker,
-    msg: &jetstream::Message,
+    msg: &Incoming,
     seq: u64,
     delivered: u64,
     reason: DeadReason,
     error: &str,
 ) -> Result<(), Error> {
     let mut headers = HeaderMap::new();
-    if let Some(h) = &msg.headers {
+    if let Some(h) = msg.headers() {
         for (name, values) in h.iter() {
             let n: &str = name.as_ref();
             if n.starts_with("Nats-") {
@@ -535,14 +521,16 @@ async fn store_dead_letter(
     }
     headers.insert(dlq_headers::REASON, reason.as_str());
     headers.insert(dlq_headers::ERROR, header_text(error));
-    headers.insert(dlq_headers::ORIGINAL_SUBJECT, msg.subject.as_str());
+    headers.insert(dlq_headers::ORIGINAL_SUBJECT, msg.subject());
     headers.insert(dlq_headers::ORIGINAL_SEQUENCE, seq.to_string());
     headers.insert(dlq_headers::ORIGINAL_STREAM, w.stream.as_str());
     headers.insert(dlq_headers::CONSUMER, w.consumer_name.as_str());
     headers.insert(dlq_headers::DELIVERIES, delivered.to_string());
     let id = format!("dlq-{}-{}-{seq}", w.consumer_name, w.stream);
     headers.insert(crate::envelope::headers::MSG_ID, id.as_str());
-    crate::publish::publish_acked(&w.js, 3, &w.dlq_subject, &id, headers, msg.payload.clone())
+    w.backend
+        .publish_acked(3, &w.dlq_subject, headers, msg.payload().clone())
         .await
         .map(|_| ())
+        .map_err(|e| crate::publish::publish_error(&w.dlq_subject, e))
 }

@@ -15,9 +15,12 @@ pub mod topology;
 
 mod bus;
 mod dispatch;
+mod backend;
 mod dlq;
+mod memory;
 mod provision;
 mod publish;
+mod pull;
 mod read;
 
 #[doc(hidden)]

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures::TryStreamExt;
+use async_nats::jetstream::consumer::IntoConsumerConfig;
+use async_nats::jetstream::{consumer, stream};
 
+use crate::backend::Backend;
 use crate::config::{Discard, Retention, Storage, StreamOptions};
 use crate::error::{Error, ErrorKind};
 use crate::registry::{AckPolicy, DeliverPolicy, ReplayPolicy};
@@ -18,9 +19,6 @@ use crate::topology::{ConsumerPlan, StreamPlan, Topology};
 /// server (the same, unless an existing stream already covered them).
 pub(crate) type StreamNames = BTreeMap<String, String>;
 
-fn js_error(context: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::new(ErrorKind::Provision, context).with_source(e)
-}
 
 fn storage(s: Storage) -> stream::StorageType {
     match s {
@@ -75,60 +73,53 @@ fn new_stream_config(plan: &StreamPlan) -> stream::Config {
 }
 
 /// Creates, updates or adopts every stream of the topology.
-pub(crate) async fn streams(
-    js: &jetstream::Context,
-    topology: &Topology,
-) -> Result<StreamNames, Error> {
-    let existing: Vec<stream::Info> = js
-        .streams()
-        .try_collect()
-        .await
-        .map_err(|e| js_error("cannot list the server's streams".to_owned(), e))?;
+pub(crate) async fn streams(backend: &Backend, topology: &Topology) -> Result<StreamNames, Error> {
+    let existing: Vec<stream::Config> = backend.streams().await?;
     let mut names = StreamNames::new();
     let mut problems = Vec::new();
     for plan in topology.streams.iter().chain(topology.dlq.iter()) {
         let want = &plan.subjects[0];
         let covering = existing
             .iter()
-            .find(|i| i.config.subjects.iter().any(|s| filter_covers(s, want)));
+            .find(|i| i.subjects.iter().any(|s| filter_covers(s, want)));
         if let Some(info) = covering {
-            if info.config.name == plan.name {
-                if let Err(p) = reconcile(js, info, plan).await {
+            if info.name == plan.name {
+                if let Err(p) = reconcile(backend, info, plan).await {
                     problems.push(p);
                 }
             } else {
                 tracing::info!(
                     target: "eventbus::provision",
-                    stream = %info.config.name,
+                    stream = %info.name,
                     subjects = %want,
                     "using the existing stream that covers the subjects, as it is"
                 );
             }
-            names.insert(plan.name.clone(), info.config.name.clone());
+            names.insert(plan.name.clone(), info.name.clone());
             continue;
         }
         if let Some(info) = existing
             .iter()
-            .find(|i| i.config.subjects.iter().any(|s| filters_overlap(s, want)))
+            .find(|i| i.subjects.iter().any(|s| filters_overlap(s, want)))
         {
             problems.push(format!(
                 "subjects `{want}` of stream `{}` are partly owned by stream `{}` (subjects: {}); let one stream own `{want}` whole: widen `{}` to `{want}`, or delete it",
                 plan.name,
-                info.config.name,
-                info.config.subjects.join(", "),
-                info.config.name
+                info.name,
+                info.subjects.join(", "),
+                info.name
             ));
             continue;
         }
-        if let Some(info) = existing.iter().find(|i| i.config.name == plan.name) {
+        if let Some(info) = existing.iter().find(|i| i.name == plan.name) {
             problems.push(format!(
                 "stream `{}` exists with subjects [{}], which do not cover `{want}`; add `{want}` to it, or give the aggregate another stream name",
                 plan.name,
-                info.config.subjects.join(", ")
+                info.subjects.join(", ")
             ));
             continue;
         }
-        match js.create_stream(new_stream_config(plan)).await {
+        match backend.create_stream(new_stream_config(plan)).await {
             Ok(_) => {
                 tracing::info!(target: "eventbus::provision", stream = %plan.name, subjects = %want, "created stream");
                 names.insert(plan.name.clone(), plan.name.clone());
@@ -163,12 +154,7 @@ fn join_problems(what: &str, problems: &[String]) -> String {
 }
 
 /// Brings an existing stream of ours in line with its plan: refuses what may not change.
-async fn reconcile(
-    js: &jetstream::Context,
-    info: &stream::Info,
-    plan: &StreamPlan,
-) -> Result<(), String> {
-    let have = &info.config;
+async fn reconcile(backend: &Backend, have: &stream::Config, plan: &StreamPlan) -> Result<(), String> {
     let o = &plan.options;
     let mut fixed = Vec::new();
     let want_storage = storage(o.storage.unwrap_or(Storage::File));
@@ -198,7 +184,8 @@ async fn reconcile(
     if want == *have {
         return Ok(());
     }
-    js.update_stream(want)
+    backend
+        .update_stream(want)
         .await
         .map(|_| tracing::info!(target: "eventbus::provision", stream = %plan.name, "updated stream settings"))
         .map_err(|e| format!("cannot update stream `{}`: {}", plan.name, crate::error::chain(&e)))
@@ -252,43 +239,11 @@ pub(crate) fn consumer_config(plan: &ConsumerPlan, name: &str) -> consumer::pull
 }
 
 /// Creates or updates the durable consumer of a handler.
-pub(crate) async fn consumer(
-    js: &jetstream::Context,
-    stream_name: &str,
-    plan: &ConsumerPlan,
-) -> Result<(), Error> {
-    let stream = js
-        .get_stream_no_info(stream_name)
-        .await
-        .map_err(|e| js_error(format!("cannot find stream `{stream_name}`"), e))?;
+pub(crate) async fn consumer(backend: &Backend, stream_name: &str, plan: &ConsumerPlan) -> Result<(), Error> {
     let want = consumer_config(plan, &plan.name);
-    let have = match stream.consumer_info(&plan.name).await {
-        Ok(info) => Some(info.config),
-        Err(e) => match e.kind() {
-            jetstream::context::ConsumerInfoErrorKind::NotFound => None,
-            jetstream::context::ConsumerInfoErrorKind::JetStream(je)
-                if je.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
-            {
-                None
-            }
-            _ => {
-                return Err(js_error(
-                    format!("cannot look up consumer `{}` on `{stream_name}`", plan.name),
-                    e,
-                ))
-            }
-        },
-    };
+    let have = backend.consumer_config(stream_name, &plan.name).await?;
     let Some(have) = have else {
-        stream.create_consumer(want).await.map_err(|e| {
-            js_error(
-                format!(
-                    "cannot create consumer `{}` on stream `{stream_name}`",
-                    plan.name
-                ),
-                e,
-            )
-        })?;
+        backend.put_consumer(stream_name, want.into_consumer_config(), false).await?;
         tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, filter = %plan.filter, "created consumer");
         return Ok(());
     };
@@ -333,15 +288,7 @@ pub(crate) async fn consumer(
         update.ack_wait = want.ack_wait;
         update.max_deliver = want.max_deliver;
         update.description = want.description.clone();
-        stream.update_consumer(update).await.map_err(|e| {
-            js_error(
-                format!(
-                    "cannot update consumer `{}` on stream `{stream_name}`",
-                    plan.name
-                ),
-                e,
-            )
-        })?;
+        backend.put_consumer(stream_name, update, true).await?;
         tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, "updated consumer");
     }
     Ok(())

@@ -1,0 +1,133 @@
+//! Benchmark: consuming a backlog through eventbus's dispatch against raw async-nats, on the
+//! same server in the same run.
+//!
+//! Run: `cargo run --release -p eventbus-tests --bin bench_dispatch -- [events] [rounds]`
+//! (defaults: 100000 events, 3 rounds). It starts its own nats-server (see the harness),
+//! publishes the backlog once, then alternates, per round, a raw consumer (pull, decode the
+//! JSON body, ack: the least any consumer does) and an eventbus handler that does nothing,
+//! each on a fresh durable consumer reading the whole backlog. It prints each round's times and
+//! the ratio raw time / eventbus time (1.0: as fast as raw; the target is 0.9 or more).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use eventbus::prelude::*;
+use eventbus::ConsumerOptions;
+use eventbus_tests::NatsServer;
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "bench", name = "tick")]
+struct Tick {
+    #[event(aggregate_id)]
+    id: String,
+    n: u64,
+    note: String,
+}
+
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+static DONE: Notify = Notify::const_new();
+
+#[event_handler(concurrency = 64)]
+async fn bench_tick(event: Tick) -> Result<(), HandlerError> {
+    std::hint::black_box(&event);
+    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
+        DONE.notify_one();
+    }
+    Ok(())
+}
+
+async fn raw_round(js: &jetstream::Context, name: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    let stream = js.get_stream("BENCH").await.expect("stream");
+    let c: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject: "bench.*.tick".to_owned(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = c.stream().max_messages_per_batch(256).messages().await.expect("messages");
+    let mut count = 0;
+    while let Some(m) = messages.next().await {
+        let m = m.expect("message");
+        let t: Tick = serde_json::from_slice(&m.payload).expect("decode");
+        std::hint::black_box(&t);
+        m.ack().await.expect("ack");
+        count += 1;
+        if count == n {
+            break;
+        }
+    }
+    js.client().flush().await.expect("flush");
+    started.elapsed()
+}
+
+async fn eventbus_round(url: &str, name: &str, n: usize) -> Duration {
+    HANDLED.store(0, Ordering::SeqCst);
+    TARGET.store(n, Ordering::SeqCst);
+    let started = Instant::now();
+    let bus = eventbus::builder()
+        .no_env()
+        .url(url)
+        .service("bench")
+        .only_handlers(["bench_tick"])
+        .handler("bench_tick", ConsumerOptions { durable_name: Some(name.to_owned().into()), ..Default::default() })
+        .start()
+        .await
+        .expect("bus");
+    DONE.notified().await;
+    let elapsed = started.elapsed();
+    bus.shutdown().await.expect("shutdown");
+    elapsed
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().map(|a| a.parse().expect("events")).unwrap_or(100_000);
+    let rounds: usize = args.next().map(|a| a.parse().expect("rounds")).unwrap_or(3);
+    let server = NatsServer::start().await;
+    let url = server.url();
+
+    // Provision through eventbus, then publish the backlog pipelined, with eventbus's headers.
+    let publisher = eventbus::builder().no_env().url(&url).service("bench").without_handlers().start().await.expect("bus");
+    let js = publisher.jetstream().clone();
+    let mut pending = Vec::with_capacity(1000);
+    for i in 0..n {
+        let e = Tick { id: format!("a{}", i % 1000), n: i as u64, note: "x".repeat(64) };
+        let enc = eventbus::envelope::encode(&e, &eventbus::envelope::EncodeOptions { source: "bench", ..Default::default() })
+            .expect("encode");
+        pending.push(js.publish_with_headers(enc.subject.into_string(), enc.headers, enc.payload).await.expect("publish"));
+        if pending.len() == 1000 {
+            for p in pending.drain(..) {
+                p.await.expect("ack");
+            }
+        }
+    }
+    for p in pending.drain(..) {
+        p.await.expect("ack");
+    }
+    println!("backlog: {n} events on nats-server {}", publisher.server_version().0);
+
+    let mut ratios = Vec::new();
+    for r in 1..=rounds {
+        let raw = raw_round(&js, &format!("raw-{r}"), n).await;
+        let eb = eventbus_round(&url, &format!("eventbus-{r}"), n).await;
+        let ratio = raw.as_secs_f64() / eb.as_secs_f64();
+        println!(
+            "round {r}: raw {:.0} ev/s, eventbus {:.0} ev/s, ratio {ratio:.3}",
+            n as f64 / raw.as_secs_f64(),
+            n as f64 / eb.as_secs_f64()
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    println!("median ratio (raw time / eventbus time): {:.3}", ratios[ratios.len() / 2]);
+    publisher.shutdown().await.expect("shutdown");
+}
