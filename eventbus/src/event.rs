@@ -67,7 +67,11 @@ pub trait DomainEvent: EventSet + Serialize + DeserializeOwned {
     /// The subject of this event type for an aggregate id, e.g.
     /// `OrderCreated::subject_for("42")` is `order.42.created`.
     fn subject_for(aggregate_id: impl AggregateId) -> Result<Subject, Error> {
-        Subject::for_event(Self::AGGREGATE_TYPE, &aggregate_id.as_aggregate_id(), Self::EVENT_TYPE)
+        Subject::for_event(
+            Self::AGGREGATE_TYPE,
+            &aggregate_id.as_aggregate_id(),
+            Self::EVENT_TYPE,
+        )
     }
 }
 
@@ -133,7 +137,9 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownEventType { name, aggregate } => {
                 write!(f, "unknown event type `{name}` for aggregate `{aggregate}`")
             }
-            DecodeError::Json { name, source } => write!(f, "undecodable `{name}` event body: {source}"),
+            DecodeError::Json { name, source } => {
+                write!(f, "undecodable `{name}` event body: {source}")
+            }
         }
     }
 }

@@ -39,12 +39,18 @@ pub struct HandlerError {
 impl HandlerError {
     /// A transient error: the event is retried with backoff.
     pub fn transient(error: impl Into<BoxError>) -> Self {
-        HandlerError { retry: Retry::Transient, source: error.into() }
+        HandlerError {
+            retry: Retry::Transient,
+            source: error.into(),
+        }
     }
 
     /// A permanent error: the event is dead-lettered at once and never retried.
     pub fn permanent(error: impl Into<BoxError>) -> Self {
-        HandlerError { retry: Retry::Permanent, source: error.into() }
+        HandlerError {
+            retry: Retry::Permanent,
+            source: error.into(),
+        }
     }
 
     /// Whether the event is retried.
@@ -82,7 +88,10 @@ impl fmt::Display for HandlerError {
 
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerError").field("retry", &self.retry).field("source", &self.source).finish()
+        f.debug_struct("HandlerError")
+            .field("retry", &self.retry)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -145,6 +154,9 @@ impl EventContext {
 
 impl fmt::Debug for EventContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventContext").field("metadata", &self.meta).field("delivery", &self.delivery).finish()
+        f.debug_struct("EventContext")
+            .field("metadata", &self.meta)
+            .field("delivery", &self.delivery)
+            .finish()
     }
 }

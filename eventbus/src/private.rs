@@ -11,7 +11,12 @@ use crate::event::EventSet;
 use crate::handler::{EventContext, HandlerError, HandlerFuture};
 
 /// Decodes the event and starts the handler's future.
-pub fn call<E, F, Fut, Err>(meta: &Metadata, body: &[u8], ctx: EventContext, f: F) -> Result<HandlerFuture, Error>
+pub fn call<E, F, Fut, Err>(
+    meta: &Metadata,
+    body: &[u8],
+    ctx: EventContext,
+    f: F,
+) -> Result<HandlerFuture, Error>
 where
     E: EventSet,
     F: FnOnce(E, EventContext) -> Fut,
@@ -21,6 +26,33 @@ where
     let event = decode::<E>(meta, body)?;
     let fut = f(event, ctx);
     Ok(Box::pin(async move { fut.await.map_err(Into::into) }))
+}
+
+/// The `EventSet::to_json` of a derived event struct. Going through a `DomainEvent` bound keeps a
+/// missing `Serialize` to the one error on the struct.
+pub fn event_to_json<E: crate::event::DomainEvent>(
+    event: &E,
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(event)
+}
+
+/// The `EventSet::from_json` of a derived event struct: decodes `body` if `name` is the
+/// struct's event type.
+pub fn event_from_json<E: crate::event::DomainEvent>(
+    name: &str,
+    body: &[u8],
+) -> Result<E, crate::event::DecodeError> {
+    if name == E::EVENT_TYPE {
+        serde_json::from_slice(body).map_err(|source| crate::event::DecodeError::Json {
+            name: E::EVENT_TYPE,
+            source,
+        })
+    } else {
+        Err(crate::event::DecodeError::UnknownEventType {
+            name: name.to_owned(),
+            aggregate: E::AGGREGATE_TYPE,
+        })
+    }
 }
 
 /// Asserts at compile time that a type is an event set (the error points at the type).
@@ -137,7 +169,11 @@ pub fn detached_context(meta: Metadata) -> EventContext {
         delivered: 1,
         pending: 0,
     };
-    EventContext { meta: std::sync::Arc::new(meta), delivery: std::sync::Arc::new(delivery), bus: None }
+    EventContext {
+        meta: std::sync::Arc::new(meta),
+        delivery: std::sync::Arc::new(delivery),
+        bus: None,
+    }
 }
 
 /// String equality in `const` contexts.
@@ -157,7 +193,10 @@ pub const fn const_str_eq(a: &str, b: &str) -> bool {
 }
 
 /// The `i`-th event descriptor of a set, in `const` contexts.
-pub const fn descriptor_name(events: &'static [crate::event::EventDescriptor], i: usize) -> &'static str {
+pub const fn descriptor_name(
+    events: &'static [crate::event::EventDescriptor],
+    i: usize,
+) -> &'static str {
     events[i].name
 }
 
@@ -169,7 +208,10 @@ struct ConstMessage {
 
 impl ConstMessage {
     const fn new() -> Self {
-        ConstMessage { buf: [0; 512], len: 0 }
+        ConstMessage {
+            buf: [0; 512],
+            len: 0,
+        }
     }
 
     /// Appends `s` whole, or nothing if it does not fit (so the text stays valid UTF-8).

@@ -106,7 +106,10 @@ impl ConsumerOptions {
     /// `self` with every option that `over` sets replaced by `over`'s.
     pub fn overridden_by(&self, over: &ConsumerOptions) -> ConsumerOptions {
         ConsumerOptions {
-            durable_name: over.durable_name.clone().or_else(|| self.durable_name.clone()),
+            durable_name: over
+                .durable_name
+                .clone()
+                .or_else(|| self.durable_name.clone()),
             durable: over.durable.or(self.durable),
             deliver: over.deliver.clone().or_else(|| self.deliver.clone()),
             ack: over.ack.or(self.ack),
@@ -167,7 +170,10 @@ pub fn handlers() -> Vec<&'static HandlerRegistration> {
 
 /// Every registered event type, in a stable order (by aggregate, then name).
 pub fn events() -> Vec<&'static EventDescriptor> {
-    let mut v: Vec<_> = inventory::iter::<EventRegistration>.into_iter().map(|r| &r.descriptor).collect();
+    let mut v: Vec<_> = inventory::iter::<EventRegistration>
+        .into_iter()
+        .map(|r| &r.descriptor)
+        .collect();
     v.sort_by(|a, b| (a.aggregate, a.name, a.version).cmp(&(b.aggregate, b.name, b.version)));
     v.dedup();
     v

@@ -1,0 +1,12 @@
+use eventbus::prelude::*;
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "order", name = "created")]
+pub struct OrderCreated {
+    #[event(aggregate_id)]
+    pub order_id: String,
+    #[event(aggregate_id)]
+    pub customer_id: String,
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use eventbus::prelude::*;
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "order", name = "created")]
+pub struct OrderCreated {
+    #[event(aggregate_id)]
+    pub order_id: String,
+}
+
+#[event_handler]
+async fn bill(_: OrderCreated, _: EventContext, retries: u32) -> Result<(), HandlerError> {
+    let _ = retries;
+    Ok(())
+}
+
+fn main() {}

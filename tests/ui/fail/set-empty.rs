@@ -1,0 +1,7 @@
+use eventbus::prelude::*;
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+pub enum OrderEvent {}
+
+fn main() {}

@@ -1,0 +1,17 @@
+use eventbus::prelude::*;
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "order", name = "created")]
+pub struct OrderCreated {
+    #[event(aggregate_id)]
+    pub order_id: String,
+}
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+pub enum OrderEvent<T> {
+    Created(OrderCreated),
+    Other(T),
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use eventbus::prelude::*;
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "order", name = "created")]
+pub struct OrderCreated {
+    #[event(aggregate_id)]
+    pub order_id: String,
+}
+
+#[derive(DomainEvent)]
+pub enum OrderEvent {
+    Created(OrderCreated),
+}
+
+fn main() {}

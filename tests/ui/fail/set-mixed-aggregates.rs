@@ -1,0 +1,24 @@
+use eventbus::prelude::*;
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "order", name = "created")]
+pub struct OrderCreated {
+    #[event(aggregate_id)]
+    pub order_id: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "invoice", name = "issued")]
+pub struct InvoiceIssued {
+    #[event(aggregate_id)]
+    pub invoice_id: String,
+}
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+pub enum OrderEvent {
+    Created(OrderCreated),
+    Issued(InvoiceIssued),
+}
+
+fn main() {}

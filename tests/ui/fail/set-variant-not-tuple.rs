@@ -1,0 +1,26 @@
+use eventbus::prelude::*;
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "order", name = "created")]
+pub struct OrderCreated {
+    #[event(aggregate_id)]
+    pub order_id: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+#[event(aggregate = "order", name = "shipped")]
+pub struct OrderShipped {
+    #[event(aggregate_id)]
+    pub order_id: String,
+}
+
+#[derive(DomainEvent)]
+#[event(aggregate = "order")]
+pub enum OrderEvent {
+    Created(OrderCreated),
+    Deleted,
+    Shipped { event: OrderShipped },
+    Both(OrderCreated, OrderShipped),
+}
+
+fn main() {}
