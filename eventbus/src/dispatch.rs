@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::backend::{Backend, Incoming, Pulled, Puller};
@@ -61,6 +61,9 @@ impl DeadReason {
     }
 }
 
+/// The handlers in flight of one worker.
+type Tasks = FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
 /// Events waiting behind their aggregate's earlier event, by aggregate id (ordered mode).
 type Lanes = Arc<Mutex<HashMap<String, VecDeque<Incoming>>>>;
 
@@ -88,7 +91,8 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 /// requests overlap, so the flow does not stop while a pull travels.
 pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch::Receiver<bool>, grace: Duration) {
     let plan = &worker.plan;
-    let mut tasks: JoinSet<()> = JoinSet::new();
+    // The handlers in flight, polled by this worker's task: no task is spawned per event.
+    let mut tasks: Tasks = FuturesUnordered::new();
     let permits = Arc::new(Semaphore::new(plan.concurrency));
     let min_batch = (plan.concurrency / 4).max(1);
     // Slots reserved for events asked for and not yet received.
@@ -118,6 +122,7 @@ pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch
         tokio::select! {
             biased;
             _ = stop.changed() => break 'pull,
+            Some(()) = tasks.next(), if !tasks.is_empty() => {}
             p = permits.clone().acquire_many_owned(want as u32) => {
                 let mut p = p.expect("semaphore is never closed");
                 let mut slots = Vec::with_capacity(plan.concurrency);
@@ -141,7 +146,6 @@ pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch
                 }
             }
             pulled = puller.next() => {
-                while tasks.try_join_next().is_some() {}
                 match pulled {
                     Pulled::Message(msg) => {
                         let permit = match reserved.pop() {
@@ -181,13 +185,12 @@ pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch
     if let Some(k) = keeper {
         k.abort();
     }
-    while tasks.try_join_next().is_some() {}
     let in_flight = tasks.len();
     if in_flight > 0 {
         tracing::info!(target: "eventbus::dispatch", consumer = %worker.consumer_name, in_flight, "waiting for in-flight handlers");
     }
     let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        tokio::time::timeout(grace, async { while tasks.next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             target: "eventbus::dispatch",
@@ -195,7 +198,7 @@ pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch
             still_running = tasks.len(),
             "grace period over; stopping handlers that did not finish (their events are not acked and will be redelivered)"
         );
-        tasks.shutdown().await;
+        drop(tasks);
     }
 }
 
@@ -204,7 +207,7 @@ pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch
 /// instead, and gives its slot back.
 fn start(
     worker: &Arc<Worker>,
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     lanes: &Lanes,
     stop: &watch::Receiver<bool>,
     msg: Incoming,
@@ -212,10 +215,10 @@ fn start(
 ) {
     if !worker.plan.ordered {
         let w = worker.clone();
-        tasks.spawn(async move {
+        tasks.push(Box::pin(async move {
             handle(&w, msg).await;
             drop(permit);
-        });
+        }));
         return;
     }
     let key = ordering_key(&msg);
@@ -229,7 +232,7 @@ fn start(
     let w = worker.clone();
     let lanes = lanes.clone();
     let stopped = stop.clone();
-    tasks.spawn(async move {
+    tasks.push(Box::pin(async move {
         let mut current = msg;
         loop {
             handle(&w, current).await;
@@ -249,7 +252,7 @@ fn start(
             }
         }
         drop(permit);
-    });
+    }));
 }
 
 fn ordering_key(msg: &Incoming) -> String {
@@ -392,8 +395,12 @@ async fn keep_while<F: std::future::Future>(
     ack_wait: Duration,
     fut: F,
 ) -> F::Output {
-    let every = (ack_wait / 2).max(Duration::from_millis(50));
     tokio::pin!(fut);
+    // Most handlers finish at their first poll: no timer for them.
+    if let Some(out) = fut.as_mut().now_or_never() {
+        return out;
+    }
+    let every = (ack_wait / 2).max(Duration::from_millis(50));
     loop {
         tokio::select! {
             out = &mut fut => return out,

@@ -31,7 +31,7 @@ static HANDLED: AtomicUsize = AtomicUsize::new(0);
 static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 static DONE: Notify = Notify::const_new();
 
-#[event_handler(concurrency = 64)]
+#[event_handler(concurrency = 512)]
 async fn bench_tick(event: Tick) -> Result<(), HandlerError> {
     std::hint::black_box(&event);
     if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
@@ -52,7 +52,7 @@ async fn raw_round(js: &jetstream::Context, name: &str, n: usize) -> Duration {
         })
         .await
         .expect("consumer");
-    let mut messages = c.stream().max_messages_per_batch(256).messages().await.expect("messages");
+    let mut messages = c.stream().max_messages_per_batch(std::env::var("RAW_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(256)).messages().await.expect("messages");
     let mut count = 0;
     while let Some(m) = messages.next().await {
         let m = m.expect("message");
@@ -87,6 +87,15 @@ async fn eventbus_round(url: &str, name: &str, n: usize) -> Duration {
     elapsed
 }
 
+/// CPU time (user + system) a process used so far, from `/proc/{pid}/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -117,8 +126,19 @@ async fn main() {
 
     let mut ratios = Vec::new();
     for r in 1..=rounds {
+        let pid = server.pid().expect("server runs");
+        let (s0, c0) = (cpu_time(pid), cpu_time(std::process::id()));
         let raw = raw_round(&js, &format!("raw-{r}"), n).await;
+        let (s1, c1) = (cpu_time(pid), cpu_time(std::process::id()));
         let eb = eventbus_round(&url, &format!("eventbus-{r}"), n).await;
+        let (s2, c2) = (cpu_time(pid), cpu_time(std::process::id()));
+        println!(
+            "round {r}: cpu µs/event: raw server {:.1} client {:.1}; eventbus server {:.1} client {:.1}",
+            (s1 - s0).as_micros() as f64 / n as f64,
+            (c1 - c0).as_micros() as f64 / n as f64,
+            (s2 - s1).as_micros() as f64 / n as f64,
+            (c2 - c1).as_micros() as f64 / n as f64,
+        );
         let ratio = raw.as_secs_f64() / eb.as_secs_f64();
         println!(
             "round {r}: raw {:.0} ev/s, eventbus {:.0} ev/s, ratio {ratio:.3}",
