@@ -68,7 +68,8 @@ pub fn assert_send<F: Future + Send>(_: &F) {}
 pub const fn assert_aggregate_id<T: crate::event::AggregateId + ?Sized>() {}
 
 /// Fails compilation (in a `const` evaluation) when a handler's subject filter can never
-/// match the events its parameter type decodes. The message names both.
+/// match the events its parameter type decodes, or also matches subjects outside their
+/// pattern. The message names both.
 pub const fn check_handler_subject(handler: &str, filter: &str, event_type: &str, pattern: &str) {
     if !crate::subject::filters_overlap(filter, pattern) {
         let mut m = ConstMessage::new();
@@ -79,6 +80,21 @@ pub const fn check_handler_subject(handler: &str, filter: &str, event_type: &str
         m.push("` can never match `");
         m.push(event_type);
         m.push("` events, which are published on `");
+        m.push(pattern);
+        m.push("`");
+        panic!("{}", m.as_str());
+    }
+    if !crate::subject::filter_covers(pattern, filter) {
+        let mut m = ConstMessage::new();
+        m.push("handler `");
+        m.push(handler);
+        m.push("`: subject filter `");
+        m.push(filter);
+        m.push("` also matches subjects outside `");
+        m.push(pattern);
+        m.push("`, where `");
+        m.push(event_type);
+        m.push("` events are published; events of other types would be dead-lettered as unknown: use a filter within `");
         m.push(pattern);
         m.push("`");
         panic!("{}", m.as_str());

@@ -42,7 +42,7 @@ async fn one_order(
     Ok(())
 }
 
-#[event_handler(subject = ">")]
+#[event_handler(subject = "order.*.shipped")]
 async fn boxed_error(
     _: crate::OrderShipped,
     _: eventbus::EventContext,
