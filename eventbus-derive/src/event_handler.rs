@@ -64,6 +64,7 @@ fn registration(h: &Handler<'_>) -> TokenStream {
         ::eventbus::__private::call::<#event_ty, _, _, _>
     };
 
+    let subject_given = h.attrs.subject.is_some();
     let (subject, subject_check) = match &h.attrs.subject {
         Some(given) => {
             let lit = &given.value;
@@ -74,10 +75,7 @@ fn registration(h: &Handler<'_>) -> TokenStream {
             };
             (quote!(#lit), check)
         }
-        None => (
-            quote!(<#event_ty as ::eventbus::EventSet>::FILTER),
-            quote!(),
-        ),
+        None => (quote!(<#event_ty as ::eventbus::EventSet>::FILTER), quote!()),
     };
 
     let options = options(h);
@@ -100,6 +98,7 @@ fn registration(h: &Handler<'_>) -> TokenStream {
                 file: ::core::file!(),
                 line: ::core::line!(),
                 subject: #subject,
+                subject_given: #subject_given,
                 aggregate: <#event_ty as ::eventbus::EventSet>::AGGREGATE,
                 event_type: #event_text,
                 events: <#event_ty as ::eventbus::EventSet>::EVENTS,

@@ -110,6 +110,13 @@ impl Error {
         self
     }
 
+    /// The same error with `note` added to its message (`message; note`), kind, cause and
+    /// conflict details kept.
+    pub(crate) fn with_note(mut self, note: impl fmt::Display) -> Self {
+        self.message = format!("{}; {note}", self.message);
+        self
+    }
+
     pub(crate) fn conflict_error(conflict: Conflict, source: Option<BoxError>) -> Self {
         let message = format!(
             "version conflict on `{}` `{}`: expected version {}, but it is at version {}",

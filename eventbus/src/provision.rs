@@ -214,7 +214,8 @@ pub(crate) fn consumer_config(plan: &ConsumerPlan, name: &str) -> consumer::pull
         durable_name: plan.durable.then(|| name.to_owned()),
         name: Some(name.to_owned()),
         description: Some(format!("handler `{}` (eventbus)", plan.handler)),
-        filter_subject: plan.filter.clone(),
+        filter_subject: if plan.filters.len() == 1 { plan.filters[0].clone() } else { String::new() },
+        filter_subjects: if plan.filters.len() == 1 { Vec::new() } else { plan.filters.clone() },
         deliver_policy: deliver_policy(&plan.deliver),
         ack_policy: match plan.ack {
             AckPolicy::Explicit => consumer::AckPolicy::Explicit,
@@ -244,7 +245,7 @@ pub(crate) async fn consumer(backend: &Backend, stream_name: &str, plan: &Consum
     let have = backend.consumer_config(stream_name, &plan.name).await?;
     let Some(have) = have else {
         backend.put_consumer(stream_name, want.into_consumer_config(), false).await?;
-        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, filter = %plan.filter, "created consumer");
+        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, filters = %plan.filters.join(","), "created consumer");
         return Ok(());
     };
     let mut fixed = Vec::new();
@@ -279,12 +280,14 @@ pub(crate) async fn consumer(backend: &Backend, stream_name: &str, plan: &Consum
         ));
     }
     let changed = have.filter_subject != want.filter_subject
+        || have.filter_subjects != want.filter_subjects
         || have.ack_wait != want.ack_wait
         || have.max_deliver != want.max_deliver
         || have.description != want.description;
     if changed {
         let mut update = have.clone();
         update.filter_subject = want.filter_subject.clone();
+        update.filter_subjects = want.filter_subjects.clone();
         update.ack_wait = want.ack_wait;
         update.max_deliver = want.max_deliver;
         update.description = want.description.clone();

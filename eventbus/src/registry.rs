@@ -139,6 +139,8 @@ pub struct HandlerRegistration {
     pub line: u32,
     /// The subject filter it consumes.
     pub subject: &'static str,
+    /// Whether the subject was given on the attribute (else it is the event set's filter).
+    pub subject_given: bool,
     /// The aggregate type of the events it handles.
     pub aggregate: &'static str,
     /// The Rust type of its event parameter.

@@ -53,8 +53,13 @@ pub struct ConsumerPlan {
     pub name: String,
     /// Whether it is durable (else ephemeral, per instance).
     pub durable: bool,
-    /// Its filter subject.
+    /// The handler's subject filter.
     pub filter: String,
+    /// The consumer's filter subjects: the handler's filter, or, for a handler of an event set
+    /// that gave no subject, the patterns of the set's events, so that event types outside the
+    /// set are not delivered to it. (A subject given on the attribute is used as it is: an
+    /// event type outside the set that it matches is dead-lettered as unknown.)
+    pub filters: Vec<String>,
     /// Where a new consumer starts.
     pub deliver: DeliverPolicy,
     /// Ack policy.
@@ -97,6 +102,18 @@ pub struct Topology {
     pub dlq: Option<StreamPlan>,
     /// One consumer per handler.
     pub consumers: Vec<ConsumerPlan>,
+}
+
+/// The filter subjects of a handler's consumer (see [`ConsumerPlan::filters`]).
+fn consumer_filters(h: &HandlerRegistration) -> Vec<String> {
+    let mut patterns: Vec<String> = h.events.iter().map(|e| e.subject_pattern.to_owned()).collect();
+    patterns.sort();
+    patterns.dedup();
+    if !h.subject_given && patterns.len() > 1 && patterns.iter().all(|p| filter_covers(h.subject, p)) {
+        patterns
+    } else {
+        vec![h.subject.to_owned()]
+    }
 }
 
 /// The default stream name of an aggregate: upper-cased, `-` kept.
@@ -299,6 +316,7 @@ impl Topology {
                 name,
                 durable,
                 filter: h.subject.to_owned(),
+                filters: consumer_filters(h),
                 deliver: o.deliver.clone().unwrap_or(DeliverPolicy::All),
                 ack,
                 replay: o.replay.unwrap_or(ReplayPolicy::Instant),
@@ -406,7 +424,7 @@ impl fmt::Display for Topology {
                 "  {} on {} filter={} handler={} ({}) {} deliver={:?} ack={:?} replay={:?} max_deliver={} ack_wait={:?} backoff={:?} concurrency={}{}",
                 c.name,
                 c.stream,
-                c.filter,
+                c.filters.join(","),
                 c.handler,
                 c.registration.event_type,
                 if c.durable { "durable" } else { "ephemeral" },
