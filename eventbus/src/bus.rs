@@ -48,6 +48,7 @@ pub struct Builder {
     setters: Vec<Setter>,
     selection: Selection,
     shutdown_signal: Option<ShutdownSignal>,
+    record: bool,
 }
 
 /// A builder that reads the environment for what it is not given.
@@ -57,6 +58,7 @@ pub fn builder() -> Builder {
         setters: Vec::new(),
         selection: Selection::All,
         shutdown_signal: None,
+        record: false,
     }
 }
 
@@ -72,6 +74,12 @@ impl std::fmt::Debug for Builder {
 impl Builder {
     fn set(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
         self.setters.push(Box::new(f));
+        self
+    }
+
+    /// Records what handlers do, for [`crate::testing`].
+    pub(crate) fn record(mut self) -> Self {
+        self.record = true;
         self
     }
 
@@ -299,6 +307,8 @@ impl Builder {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
+            backend: backend.clone(),
+            recorder: self.record.then(Arc::default),
             client: conn.client.clone(),
             js: js.clone(),
             service: service.clone(),
@@ -334,6 +344,7 @@ impl Builder {
                 consumer_name: name.clone(),
                 bus: bus.clone(),
                 backend: backend.clone(),
+                recorder: bus.inner.recorder.clone(),
                 dlq_subject: format!("dlq.{name}"),
             });
             let handle = tokio::spawn(dispatch::run(
@@ -399,6 +410,8 @@ fn default_service_name() -> String {
 }
 
 pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    pub(crate) recorder: Option<Arc<crate::testing::Recorder>>,
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
     pub(crate) service: String,
@@ -520,6 +533,25 @@ impl Bus {
         )
         .instrument(span)
         .await
+    }
+
+    /// Publishes a message as it is, without the CloudEvents headers: for bridging producers
+    /// that do not use eventbus, and for tests of foreign or malformed messages. Waits for the
+    /// acknowledgement, retried with the same headers (so the same `Nats-Msg-Id`, if any).
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: impl Into<bytes::Bytes>,
+    ) -> Result<Published, Error> {
+        let id = headers.get(crate::envelope::headers::MSG_ID).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let ack = self
+            .inner
+            .backend
+            .publish_acked(self.inner.config.publish_attempts, subject, headers, payload.into())
+            .await
+            .map_err(|e| crate::publish::publish_error(subject, e))?;
+        Ok(Published { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate, id })
     }
 
     /// Resolves with an error when the connection is lost for good (reconnect attempts

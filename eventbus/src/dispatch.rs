@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, Incoming, Pulled, Puller};
 use crate::bus::Bus;
+use crate::testing::{Handled, Outcome as Recorded, Recorder};
 use crate::envelope::Metadata;
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Delivery, EventContext, HandlerError};
@@ -74,6 +75,8 @@ pub(crate) struct Worker {
     pub(crate) consumer_name: String,
     pub(crate) bus: Bus,
     pub(crate) backend: Backend,
+    /// Records outcomes and counts handlers in flight, for [`crate::testing`].
+    pub(crate) recorder: Option<Arc<Recorder>>,
     pub(crate) dlq_subject: String,
 }
 
@@ -272,6 +275,31 @@ enum Outcome {
 /// Handles one delivered event to the end: settled (acked, nak'd or terminated) or, at
 /// shutdown, left for redelivery.
 async fn handle(w: &Worker, msg: Incoming) {
+    if let Some(r) = &w.recorder {
+        r.begin();
+    }
+    handle_inner(w, msg).await;
+    if let Some(r) = &w.recorder {
+        r.end();
+    }
+}
+
+fn record(w: &Worker, msg: &Incoming, seq: u64, attempt: u64, outcome: Recorded) {
+    let Some(r) = &w.recorder else { return };
+    let subject = msg.subject().to_owned();
+    let aggregate_id = crate::subject::split_event_subject(&subject).map(|(_, id, _)| id.to_owned()).unwrap_or_default();
+    r.record(Handled {
+        handler: w.plan.handler.clone(),
+        event_id: msg.headers().and_then(|h| h.get(crate::envelope::headers::ID)).map(|v| v.as_str().to_owned()),
+        subject,
+        aggregate_id,
+        sequence: seq,
+        attempt,
+        outcome,
+    });
+}
+
+async fn handle_inner(w: &Worker, msg: Incoming) {
     let plan = &w.plan;
     let (stream_sequence, delivered, pending) = match msg.info() {
         Ok(i) => (i.stream_sequence, i.delivered, i.pending),
@@ -329,6 +357,7 @@ async fn handle(w: &Worker, msg: Incoming) {
                     // Ordered: retry in place so later events of the aggregate wait.
                     let delay = plan.retry_delay(attempt);
                     tracing::warn!(target: "eventbus::dispatch", error = %e, attempt, ?delay, "handler failed; retrying in order");
+                    record(w, &msg, stream_sequence, attempt, Recorded::Retried { error: e.to_string() });
                     keep_while(&msg, plan.ack_wait, tokio::time::sleep(delay)).await;
                     attempt += 1;
                 }
@@ -415,6 +444,21 @@ async fn keep_while<F: std::future::Future>(
 
 async fn settle(w: &Worker, msg: &Incoming, seq: u64, delivered: u64, outcome: Outcome) {
     let plan = &w.plan;
+    if w.recorder.is_some() {
+        let r = match &outcome {
+            _ if plan.ack == AckPolicy::None => Recorded::Unacknowledged,
+            Outcome::Handled => Recorded::Acked,
+            Outcome::Failed(e) if e.is_permanent() => {
+                Recorded::DeadLettered { reason: DeadReason::Permanent.as_str().to_owned(), error: e.to_string() }
+            }
+            Outcome::Failed(e) if delivered as i64 >= plan.max_deliver => {
+                Recorded::DeadLettered { reason: DeadReason::MaxDeliver.as_str().to_owned(), error: e.to_string() }
+            }
+            Outcome::Failed(e) => Recorded::Retried { error: e.to_string() },
+            Outcome::Dead(reason, error) => Recorded::DeadLettered { reason: reason.as_str().to_owned(), error: error.clone() },
+        };
+        record(w, msg, seq, delivered, r);
+    }
     if plan.ack == AckPolicy::None {
         if let Outcome::Failed(e) = &outcome {
             tracing::warn!(target: "eventbus::dispatch", error = %e, "handler failed; ack = none, so the event is not retried");

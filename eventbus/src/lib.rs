@@ -7,6 +7,7 @@ pub mod event;
 pub mod handler;
 pub mod registry;
 pub mod subject;
+pub mod testing;
 
 pub mod aggregate;
 pub mod config;

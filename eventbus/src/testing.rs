@@ -1,0 +1,222 @@
+//! Testing handlers without a server: a bus on the in-process broker that records what each
+//! handler did, and waits until everything published has been handled.
+//!
+//! ```
+//! use eventbus::prelude::*;
+//! use eventbus::testing::{Outcome, TestBus};
+//!
+//! #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+//! #[event(aggregate = "doc_order", name = "placed")]
+//! struct OrderPlaced {
+//!     #[event(aggregate_id)]
+//!     order_id: String,
+//!     total_cents: u64,
+//! }
+//!
+//! #[event_handler(max_deliver = 3, backoff = ["1s", "10s"])]
+//! async fn reserve_stock(event: OrderPlaced) -> Result<(), HandlerError> {
+//!     if event.total_cents == 0 {
+//!         return Err(HandlerError::permanent("an order of nothing"));
+//!     }
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), eventbus::Error> {
+//! // In a test: #[tokio::test(start_paused = true)]
+//! let bus = TestBus::start(["reserve_stock"]).await?;
+//! bus.publish(&OrderPlaced { order_id: "1".into(), total_cents: 500 }).await?;
+//! bus.publish(&OrderPlaced { order_id: "2".into(), total_cents: 0 }).await?;
+//! bus.wait_idle().await;
+//!
+//! let handled = bus.handled("reserve_stock");
+//! assert_eq!(handled.len(), 2);
+//! assert!(handled.iter().any(|h| h.aggregate_id == "1" && h.outcome == Outcome::Acked));
+//! let dead = bus.dead_letters(None).await?;
+//! assert_eq!(dead.len(), 1);
+//! assert_eq!(dead[0].reason, "permanent");
+//! bus.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Under tokio's paused clock (`#[tokio::test(start_paused = true)]`) backoff delays and ack
+//! waits elapse without real waiting, so retries and redeliveries take milliseconds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::bus::{builder, Builder, Bus};
+use crate::error::Error;
+
+/// What became of one delivery of an event to a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Handled and acked.
+    Acked,
+    /// Failed; it is retried after a delay.
+    Retried {
+        /// The handler's error.
+        error: String,
+    },
+    /// Dead-lettered (and terminated).
+    DeadLettered {
+        /// `permanent`, `max_deliver`, `undecodable` or `unknown_event_type`.
+        reason: String,
+        /// The error.
+        error: String,
+    },
+    /// Handled or not, with `ack = none`: nothing is settled.
+    Unacknowledged,
+}
+
+/// One delivery of an event to a handler, as the test bus saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The handler's name.
+    pub handler: String,
+    /// The event's subject.
+    pub subject: String,
+    /// The aggregate id (the subject's middle token).
+    pub aggregate_id: String,
+    /// The event's id (`ce-id`), if it had one.
+    pub event_id: Option<String>,
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// Which delivery this was (1 the first time).
+    pub attempt: u64,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// Records what handlers did, and how many events are being handled.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    records: Mutex<Vec<Handled>>,
+    in_flight: AtomicUsize,
+    changed: Notify,
+}
+
+impl Recorder {
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn record(&self, h: Handled) {
+        self.records.lock().expect("records lock").push(h);
+        self.changed.notify_waiters();
+    }
+}
+
+/// A bus on its own in-process broker (a fresh one per test bus, unless
+/// [`TestBus::with_url`] names a shared one), with a recorder. It dereferences to [`Bus`], so
+/// it publishes, reads, loads and lists dead letters like any bus.
+#[derive(Debug)]
+pub struct TestBus {
+    bus: Bus,
+}
+
+impl std::ops::Deref for TestBus {
+    type Target = Bus;
+    fn deref(&self) -> &Bus {
+        &self.bus
+    }
+}
+
+impl TestBus {
+    /// Starts a test bus running the named handlers on a fresh in-process broker.
+    pub async fn start<I, S>(handlers: I) -> Result<TestBus, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let url = format!("memory://test-{}", uuid::Uuid::now_v7().simple());
+        TestBus::from_builder(TestBus::builder(&url).only_handlers(handlers)).await
+    }
+
+    /// A builder for a test bus on the in-process broker at `url` (`memory://name`; buses with
+    /// the same name share one broker, as two instances share a server), with the service
+    /// name `test` and no environment. Customise it, then [`TestBus::from_builder`].
+    pub fn builder(url: &str) -> Builder {
+        builder().no_env().url(url).service("test")
+    }
+
+    /// Starts a test bus from a builder (see [`TestBus::builder`]).
+    pub async fn from_builder(builder: Builder) -> Result<TestBus, Error> {
+        let bus = builder.record().start().await?;
+        Ok(TestBus { bus })
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    fn recorder(&self) -> &Arc<Recorder> {
+        self.bus.inner.recorder.as_ref().expect("a test bus records")
+    }
+
+    /// Waits until every published event has been handled to the end: nothing left to
+    /// deliver, no redelivery scheduled, no handler running. Under a paused clock, backoff
+    /// delays elapse at once.
+    pub async fn wait_idle(&self) {
+        let broker = match &self.bus.inner.backend {
+            crate::backend::Backend::Memory(b) => b.clone(),
+            crate::backend::Backend::Nats(_) => unreachable!("a test bus runs on the in-process broker"),
+        };
+        let recorder = self.recorder().clone();
+        loop {
+            let broker_changed = broker.notified();
+            let recorder_changed = recorder.changed.notified();
+            tokio::pin!(broker_changed, recorder_changed);
+            broker_changed.as_mut().enable();
+            recorder_changed.as_mut().enable();
+            if broker.idle() && recorder.in_flight.load(Ordering::SeqCst) == 0 {
+                // Let workers that were just woken settle, then check once more.
+                tokio::task::yield_now().await;
+                if broker.idle() && recorder.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = &mut broker_changed => {}
+                _ = &mut recorder_changed => {}
+            }
+        }
+    }
+
+    /// Every delivery to every handler so far, in the order they were settled.
+    pub fn all_handled(&self) -> Vec<Handled> {
+        self.recorder().records.lock().expect("records lock").clone()
+    }
+
+    /// The deliveries to one handler so far.
+    pub fn handled(&self, handler: &str) -> Vec<Handled> {
+        self.all_handled().into_iter().filter(|h| h.handler == handler).collect()
+    }
+
+    /// How many deliveries of each handler ended in each kind of outcome.
+    pub fn counts(&self) -> HashMap<(String, &'static str), usize> {
+        let mut m = HashMap::new();
+        for h in self.all_handled() {
+            let k = match h.outcome {
+                Outcome::Acked => "acked",
+                Outcome::Retried { .. } => "retried",
+                Outcome::DeadLettered { .. } => "dead_lettered",
+                Outcome::Unacknowledged => "unacknowledged",
+            };
+            *m.entry((h.handler, k)).or_default() += 1;
+        }
+        m
+    }
+}
