@@ -587,9 +587,10 @@ impl Broker {
         })
     }
 
-    /// Waits until something changes in the broker.
-    pub(crate) async fn changed(&self) {
-        self.inner.changed.notified().await
+    /// A future that resolves when something changes in the broker (enable it before
+    /// checking the state it waits for).
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.changed.notified()
     }
 
     /// A consumer's counts: (waiting for first delivery, awaiting ack or redelivery).
