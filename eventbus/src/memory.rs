@@ -141,6 +141,20 @@ impl Broker {
         }
     }
 
+    /// The process's broker of that name (`memory://NAME`; the empty name for `memory://`),
+    /// made on first use. Buses with the same name share it, as instances share a server; it
+    /// lives as long as the process.
+    pub(crate) fn named(name: &str) -> Broker {
+        static BROKERS: std::sync::OnceLock<Mutex<HashMap<String, Broker>>> = std::sync::OnceLock::new();
+        BROKERS
+            .get_or_init(Default::default)
+            .lock()
+            .expect("brokers lock")
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
     fn now_time(&self) -> OffsetDateTime {
         self.inner.base_time + (Instant::now() - self.inner.base_instant)
     }
