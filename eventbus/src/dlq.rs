@@ -40,6 +40,11 @@ pub struct DeadLetter {
     pub payload: Bytes,
 }
 
+/// Marks a republished dead letter with `{original stream}:{original sequence}`: a second
+/// copy of an event already in its aggregate's history, which reads skip (they count it in the
+/// versions, as the server does for an append's expected version).
+pub(crate) const REPUBLISHED_FROM: &str = "eventbus-republished-from";
+
 fn header(h: &HeaderMap, name: &str) -> String {
     h.get(name)
         .map(|v| v.as_str().to_owned())
@@ -56,12 +61,12 @@ impl Bus {
     /// Every dead letter, oldest first; of one consumer only if `consumer` is given.
     pub async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
         let name = self.dlq_stream_name().await?;
-        let (stream, first, last) = open(&self.inner.js, &name).await?;
+        let opened = open(&self.inner, &name).await?;
         let filter = match consumer {
             Some(c) => format!("dlq.{c}"),
             None => "dlq.>".to_owned(),
         };
-        let mut messages = scan(stream, filter, first, last);
+        let mut messages = scan(opened, filter, 1);
         let mut out = Vec::new();
         while let Some(m) = messages.next().await {
             let m = m?;
@@ -90,7 +95,9 @@ impl Bus {
     /// server does not drop it as a duplicate), then removes it from the dead-letter stream.
     ///
     /// Every consumer of that subject receives it again, not only the one that gave up on it:
-    /// handlers are expected to be idempotent.
+    /// handlers are expected to be idempotent. The copy carries an `eventbus-republished-from`
+    /// header (`{original stream}:{original sequence}`); [`Bus::read`] and [`Bus::load`] skip
+    /// it, so the aggregate's history holds the event once (its versions count the copy).
     pub async fn republish_dead_letter(&self, sequence: u64) -> Result<Published, Error> {
         let name = self.dlq_stream_name().await?;
         let stream = self.inner.js.get_stream_no_info(&name).await.map_err(|e| {
@@ -133,6 +140,12 @@ impl Bus {
             }
         );
         h.insert(headers::MSG_ID, id.as_str());
+        let origin = format!(
+            "{}:{}",
+            header(&m.headers, dlq_headers::ORIGINAL_STREAM),
+            header(&m.headers, dlq_headers::ORIGINAL_SEQUENCE)
+        );
+        h.insert(REPUBLISHED_FROM, origin.as_str());
         let published = publish_acked(
             &self.inner.js,
             self.inner.config.publish_attempts,

@@ -69,6 +69,8 @@ pub struct EncodedEvent {
     pub subject: Subject,
     /// The event id (`ce-id` and `Nats-Msg-Id`).
     pub id: String,
+    /// When it was published (`ce-time`).
+    pub time: OffsetDateTime,
     /// Headers.
     pub headers: HeaderMap,
     /// The JSON body.
@@ -80,33 +82,68 @@ pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Inserts a header value, refusing one that NATS cannot carry (`\r` or `\n`).
-pub(crate) fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), Error> {
-    if name.is_empty() || name.bytes().any(|b| b == b':' || !(0x21..0x7f).contains(&b)) {
-        return Err(Error::new(ErrorKind::Encode, format!("invalid header name {name:?}")));
-    }
+/// Refuses a header value that NATS cannot carry (`\r` or `\n`).
+fn check_value(name: &str, value: &str) -> Result<(), Error> {
     if value.contains(['\r', '\n']) {
         return Err(Error::new(
             ErrorKind::Encode,
             format!("invalid value of header `{name}`: it contains a line break"),
         ));
     }
-    headers.insert(name, value);
     Ok(())
+}
+
+/// The header names eventbus writes, built once: inserting a `HeaderName` made from a static
+/// string allocates nothing, where a `&str` name is copied into each message's map.
+mod names {
+    use super::headers;
+    use async_nats::header::HeaderName;
+
+    pub(super) static SPECVERSION: HeaderName = HeaderName::from_static(headers::SPECVERSION);
+    pub(super) static ID: HeaderName = HeaderName::from_static(headers::ID);
+    pub(super) static MSG_ID: HeaderName = HeaderName::from_static(headers::MSG_ID);
+    pub(super) static SOURCE: HeaderName = HeaderName::from_static(headers::SOURCE);
+    pub(super) static TYPE: HeaderName = HeaderName::from_static(headers::TYPE);
+    pub(super) static SUBJECT: HeaderName = HeaderName::from_static(headers::SUBJECT);
+    pub(super) static TIME: HeaderName = HeaderName::from_static(headers::TIME);
+    pub(super) static CONTENT_TYPE: HeaderName = HeaderName::from_static(headers::CONTENT_TYPE);
+    pub(super) static CORRELATION_ID: HeaderName = HeaderName::from_static(headers::CORRELATION_ID);
+    pub(super) static CAUSATION_ID: HeaderName = HeaderName::from_static(headers::CAUSATION_ID);
+    pub(super) static TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
 }
 
 /// Encodes an event in binary mode.
 pub fn encode<E: EventSet>(event: &E, opts: &EncodeOptions<'_>) -> Result<EncodedEvent, Error> {
+    encode_at(event, opts, None)
+}
+
+/// Encodes an event with `ce-time` = `time` (now when `None`): a publish that is sent again
+/// is encoded again with its first id and time, so that the copy the server keeps is the same
+/// whichever attempt it came from.
+pub(crate) fn encode_at<E: EventSet>(
+    event: &E,
+    opts: &EncodeOptions<'_>,
+    time: Option<OffsetDateTime>,
+) -> Result<EncodedEvent, Error> {
     let subject = event.event_subject()?;
     let d = event.descriptor();
     let payload = event.to_json().map_err(|e| {
-        Error::new(ErrorKind::Encode, format!("cannot serialize `{}` event `{}`", d.aggregate, d.name))
-            .with_source(e)
+        Error::new(
+            ErrorKind::Encode,
+            format!("cannot serialize `{}` event `{}`", d.aggregate, d.name),
+        )
+        .with_source(e)
     })?;
     let id = match opts.id {
-        Some(id) => id.to_owned(),
+        Some(id) => {
+            check_value(headers::ID, id)?;
+            id.to_owned()
+        }
         None => new_event_id(),
     };
+    check_value(headers::SOURCE, opts.source)?;
+    let correlation_id = opts.correlation_id.unwrap_or(&id);
+    check_value(headers::CORRELATION_ID, correlation_id)?;
     let mut h = HeaderMap::new();
     if let Some(extra) = opts.extra_headers {
         for (name, values) in extra.iter() {
@@ -114,7 +151,9 @@ pub fn encode<E: EventSet>(event: &E, opts: &EncodeOptions<'_>) -> Result<Encode
             if n.starts_with("ce-") || n == headers::MSG_ID || n == headers::CONTENT_TYPE {
                 return Err(Error::new(
                     ErrorKind::Encode,
-                    format!("header `{n}` is set by eventbus and cannot be given as an extra header"),
+                    format!(
+                        "header `{n}` is set by eventbus and cannot be given as an extra header"
+                    ),
                 ));
             }
             for v in values {
@@ -122,23 +161,35 @@ pub fn encode<E: EventSet>(event: &E, opts: &EncodeOptions<'_>) -> Result<Encode
             }
         }
     }
-    h.insert(headers::SPECVERSION, SPEC_VERSION);
-    insert_header(&mut h, headers::ID, &id)?;
-    insert_header(&mut h, headers::MSG_ID, &id)?;
-    insert_header(&mut h, headers::SOURCE, opts.source)?;
-    h.insert(headers::TYPE, d.cloud_event_type());
-    h.insert(headers::SUBJECT, event.id().as_ref());
-    let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-    h.insert(headers::TIME, now);
-    h.insert(headers::CONTENT_TYPE, JSON);
-    insert_header(&mut h, headers::CORRELATION_ID, opts.correlation_id.unwrap_or(&id))?;
+    let time = time.unwrap_or_else(OffsetDateTime::now_utc);
+    h.insert(names::SPECVERSION.clone(), SPEC_VERSION);
+    h.insert(names::ID.clone(), id.as_str());
+    h.insert(names::MSG_ID.clone(), id.as_str());
+    h.insert(names::SOURCE.clone(), opts.source);
+    h.insert(names::TYPE.clone(), d.cloud_event_type());
+    // Checked by `event_subject`: one subject token, so no line break.
+    h.insert(names::SUBJECT.clone(), event.id().as_ref());
+    h.insert(
+        names::TIME.clone(),
+        time.format(&Rfc3339).unwrap_or_default(),
+    );
+    h.insert(names::CONTENT_TYPE.clone(), JSON);
+    h.insert(names::CORRELATION_ID.clone(), correlation_id);
     if let Some(c) = opts.causation_id {
-        insert_header(&mut h, headers::CAUSATION_ID, c)?;
+        check_value(headers::CAUSATION_ID, c)?;
+        h.insert(names::CAUSATION_ID.clone(), c);
     }
     if let Some(t) = opts.traceparent {
-        insert_header(&mut h, headers::TRACEPARENT, t)?;
+        check_value(headers::TRACEPARENT, t)?;
+        h.insert(names::TRACEPARENT.clone(), t);
     }
-    Ok(EncodedEvent { subject, id, headers: h, payload: Bytes::from(payload) })
+    Ok(EncodedEvent {
+        subject,
+        id,
+        time,
+        headers: h,
+        payload: Bytes::from(payload),
+    })
 }
 
 /// What is known of a received event besides its body.
@@ -179,19 +230,20 @@ impl Metadata {
     /// `{aggregate}.{event}.v{n}`, a non-JSON content type, or a subject that is not
     /// `{aggregate}.{id}.{event}` is a [`ErrorKind::Decode`] error.
     pub fn from_message(subject: &str, headers: Option<&HeaderMap>) -> Result<Metadata, Error> {
-        let empty;
-        let h = match headers {
-            Some(h) => h,
-            None => {
-                empty = HeaderMap::new();
-                &empty
-            }
-        };
+        Self::from_headers(subject, headers.cloned().unwrap_or_default())
+    }
+
+    /// Like [`Metadata::from_message`], with the headers given by value: they become
+    /// [`Metadata::headers`] without a copy.
+    pub fn from_headers(subject: &str, headers: HeaderMap) -> Result<Metadata, Error> {
+        let h = &headers;
         let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned());
         let (sub_aggregate, sub_id, sub_event) = split_event_subject(subject).ok_or_else(|| {
             Error::new(
                 ErrorKind::Decode,
-                format!("subject `{subject}` is not an event subject `{{aggregate}}.{{id}}.{{event}}`"),
+                format!(
+                    "subject `{subject}` is not an event subject `{{aggregate}}.{{id}}.{{event}}`"
+                ),
             )
         })?;
         if let Some(ct) = h.get(headers::CONTENT_TYPE) {
@@ -224,7 +276,9 @@ impl Metadata {
             None => None,
         };
         Ok(Metadata {
-            id: get(headers::ID).or_else(|| get(headers::MSG_ID)).unwrap_or_default(),
+            id: get(headers::ID)
+                .or_else(|| get(headers::MSG_ID))
+                .unwrap_or_default(),
             source: get(headers::SOURCE),
             aggregate_type,
             aggregate_id: get(headers::SUBJECT).unwrap_or_else(|| sub_id.to_owned()),
@@ -235,7 +289,7 @@ impl Metadata {
             correlation_id: get(headers::CORRELATION_ID),
             causation_id: get(headers::CAUSATION_ID),
             traceparent: get(headers::TRACEPARENT),
-            headers: h.clone(),
+            headers,
         })
     }
 }

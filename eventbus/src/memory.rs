@@ -169,7 +169,8 @@ impl Broker {
     }
 
     /// Creates a stream; refuses a name in use or subjects another stream holds.
-    pub(crate) fn create_stream(&self, config: stream::Config) -> Result<(), Refused> {
+    pub(crate) fn create_stream(&self, mut config: stream::Config) -> Result<(), Refused> {
+        with_default_window(&mut config);
         let mut st = self.lock();
         if st.streams.contains_key(&config.name) {
             return Err(Refused(format!("stream name already in use: {}", config.name)));
@@ -202,7 +203,8 @@ impl Broker {
     }
 
     /// Updates a stream; storage and retention cannot change, as on a server.
-    pub(crate) fn update_stream(&self, config: stream::Config) -> Result<(), Refused> {
+    pub(crate) fn update_stream(&self, mut config: stream::Config) -> Result<(), Refused> {
+        with_default_window(&mut config);
         let mut st = self.lock();
         let s = st
             .streams
@@ -276,10 +278,11 @@ impl Broker {
         }
     }
 
-    /// Publishes a message, with JetStream's checks: a stream must hold the subject; the
-    /// message must fit; a `Nats-Msg-Id` seen within the duplicate window returns the earlier
-    /// acknowledgement marked duplicate; `Nats-Expected-Last-Subject-Sequence` (with its
-    /// `-Subject` filter) and `Nats-Expected-Last-Sequence` must hold.
+    /// Publishes a message, with JetStream's checks, in the server's order: a stream must hold
+    /// the subject; the message must fit; `Nats-Expected-Last-Sequence` and
+    /// `Nats-Expected-Last-Subject-Sequence` (with its `-Subject` filter) must hold; then a
+    /// `Nats-Msg-Id` seen within the duplicate window returns the earlier acknowledgement
+    /// marked duplicate.
     pub(crate) fn publish(&self, subject: &str, headers: HeaderMap, payload: Bytes) -> Result<PublishAck, PublishError> {
         let size = payload.len() + headers.iter().map(|(k, v)| AsRef::<str>::as_ref(k).len() + v.iter().map(|x| x.as_str().len() + 4).sum::<usize>()).sum::<usize>();
         if size > MAX_PAYLOAD {
@@ -308,12 +311,6 @@ impl Broker {
                 s.dedup.remove(&id);
             }
         }
-        let msg_id = header(&headers, "Nats-Msg-Id").map(str::to_owned);
-        if let Some(id) = &msg_id {
-            if let Some((seq, _)) = s.dedup.get(id) {
-                return Ok(PublishAck { stream: s.config.name.clone(), sequence: *seq, duplicate: true, ..Default::default() });
-            }
-        }
         if let Some(expected) = header(&headers, "Nats-Expected-Last-Sequence") {
             let expected: u64 = expected.parse().unwrap_or(u64::MAX);
             if expected != s.last_seq {
@@ -340,24 +337,21 @@ impl Broker {
                 ));
             }
         }
+        // As on the server, the expected sequences are checked before the duplicate window: a
+        // copy sent again after the first was stored, with the same expected sequence, is
+        // refused as a wrong last sequence, not acknowledged as a duplicate.
+        let msg_id = header(&headers, "Nats-Msg-Id").map(str::to_owned);
+        if let Some(id) = &msg_id {
+            if let Some((seq, _)) = s.dedup.get(id) {
+                return Ok(PublishAck { stream: s.config.name.clone(), sequence: *seq, duplicate: true, ..Default::default() });
+            }
+        }
         s.last_seq += 1;
         let seq = s.last_seq;
         s.bytes += payload.len() as u64;
-        let mut stored_headers = headers;
-        for n in ["Nats-Expected-Last-Subject-Sequence", "Nats-Expected-Last-Subject-Sequence-Subject", "Nats-Expected-Last-Sequence"] {
-            if stored_headers.get(n).is_some() {
-                let mut h = HeaderMap::new();
-                for (k, vs) in stored_headers.iter() {
-                    if AsRef::<str>::as_ref(k) != n {
-                        for v in vs {
-                            h.append(k.clone(), v.clone());
-                        }
-                    }
-                }
-                stored_headers = h;
-            }
-        }
-        s.messages.insert(seq, Stored { subject: subject.to_owned(), sequence: seq, headers: stored_headers, payload, time });
+        // Stored with every header it came with, the `Nats-Expected-*` ones too, as the server
+        // does.
+        s.messages.insert(seq, Stored { subject: subject.to_owned(), sequence: seq, headers, payload, time });
         if let Some(id) = msg_id {
             s.dedup.insert(id.clone(), (seq, now));
             s.dedup_order.push_back((now, id));
@@ -617,6 +611,16 @@ impl Broker {
     }
 }
 
+/// A stream's duplicate window as the server sets it when none is given: 2 minutes, or the
+/// max age if that is shorter.
+fn with_default_window(config: &mut stream::Config) {
+    if config.duplicate_window.is_zero() {
+        let default = Duration::from_secs(120);
+        config.duplicate_window =
+            if config.max_age.is_zero() { default } else { config.max_age.min(default) };
+    }
+}
+
 fn matches_consumer(c: &consumer::Config, subject: &str) -> bool {
     if !c.filter_subjects.is_empty() {
         return c.filter_subjects.iter().any(|f| filter_covers(f, subject));
@@ -683,6 +687,39 @@ mod tests {
         assert_eq!(b.publish("order.2.created", h, Bytes::new()).unwrap().sequence, 4);
         assert_eq!(b.last_and_count("ORDER", "order.1.*"), Some((3, 3)));
         assert!(b.publish("order.1.x", HeaderMap::new(), Bytes::from(vec![0; MAX_PAYLOAD + 1])).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expected_sequences_come_before_the_duplicate_window_and_are_stored() {
+        let b = Broker::new();
+        b.create_stream(stream("ORDER", &["order.>"])).unwrap();
+        let expecting = |id: &str, last: &str| {
+            let mut h = with_id(id);
+            h.insert("Nats-Expected-Last-Subject-Sequence", last);
+            h.insert("Nats-Expected-Last-Subject-Sequence-Subject", "order.1.*");
+            h
+        };
+        assert_eq!(b.publish("order.1.created", expecting("a", "0"), Bytes::new()).unwrap().sequence, 1);
+        // Sent again with the same expected sequence: refused, as nats-server does, not a
+        // duplicate.
+        let e = b.publish("order.1.created", expecting("a", "0"), Bytes::new()).unwrap_err();
+        assert_eq!(e.kind(), PublishErrorKind::WrongLastSequence);
+        let dup = b.publish("order.1.created", expecting("a", "1"), Bytes::new()).unwrap();
+        assert_eq!((dup.sequence, dup.duplicate), (1, true));
+        let mut stale = with_id("a");
+        stale.insert("Nats-Expected-Last-Sequence", "0");
+        let e = b.publish("order.1.created", stale, Bytes::new()).unwrap_err();
+        assert_eq!(e.kind(), PublishErrorKind::WrongLastSequence);
+        // Stored with every header it came with.
+        let m = b.get("ORDER", 1).unwrap();
+        assert_eq!(header(&m.headers, "Nats-Expected-Last-Subject-Sequence"), Some("0"));
+        assert_eq!(header(&m.headers, "Nats-Expected-Last-Subject-Sequence-Subject"), Some("order.1.*"));
+        // No duplicate window given: the server's 2 minutes.
+        b.create_stream(stream::Config { name: "BARE".into(), subjects: vec!["bare.>".into()], ..Default::default() })
+            .unwrap();
+        b.publish("bare.1.x", with_id("z"), Bytes::new()).unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(b.publish("bare.1.x", with_id("z"), Bytes::new()).unwrap().duplicate);
     }
 
     #[tokio::test(start_paused = true)]

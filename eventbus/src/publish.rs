@@ -23,7 +23,7 @@ pub struct Published {
 }
 
 /// Whether a failed attempt may be sent again with the same message id.
-fn retryable(kind: &PublishErrorKind) -> bool {
+pub(crate) fn retryable(kind: &PublishErrorKind) -> bool {
     matches!(
         kind,
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending
@@ -91,27 +91,54 @@ pub(crate) fn publish_error(
             ErrorKind::Conflict,
             format!("publish on `{subject}` found another last sequence than expected"),
         ),
+        _ if has_code(
+            &e,
+            async_nats::jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
+        ) =>
+        {
+            (
+                ErrorKind::Publish,
+                format!("event on `{subject}` is larger than its stream's max message size"),
+            )
+        }
         _ => (ErrorKind::Publish, format!("publish on `{subject}` failed")),
     };
     Error::new(k, msg).with_source(e)
 }
 
-/// Whether a publish error is an optimistic-concurrency refusal (JetStream codes 10071 and
-/// 10164: the subject's last sequence is not the expected one).
-pub(crate) fn is_wrong_last_sequence(e: &async_nats::jetstream::context::PublishError) -> bool {
-    if e.kind() == PublishErrorKind::WrongLastSequence {
-        return true;
-    }
+/// The JetStream error code the server answered a publish with, if any.
+fn server_code(
+    e: &async_nats::jetstream::context::PublishError,
+) -> Option<async_nats::jetstream::ErrorCode> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(c) = cur {
         if let Some(je) = c.downcast_ref::<async_nats::jetstream::Error>() {
-            let code = je.error_code();
-            return code == async_nats::jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
-                || code == async_nats::jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT;
+            return Some(je.error_code());
         }
         cur = c.source();
     }
-    false
+    None
+}
+
+fn has_code(
+    e: &async_nats::jetstream::context::PublishError,
+    code: async_nats::jetstream::ErrorCode,
+) -> bool {
+    server_code(e) == Some(code)
+}
+
+/// Whether a publish error is an optimistic-concurrency refusal (JetStream codes 10071 and
+/// 10164: the subject's last sequence is not the expected one).
+pub(crate) fn is_wrong_last_sequence(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    e.kind() == PublishErrorKind::WrongLastSequence
+        || matches!(
+            server_code(e),
+            Some(
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            )
+        )
 }
 
 /// How many publishes `publish_all` keeps waiting for their acknowledgement at once.
@@ -128,21 +155,28 @@ impl crate::bus::Bus {
     {
         use std::collections::VecDeque;
         type Ack = async_nats::jetstream::context::PublishAckFuture;
-        struct InFlight {
+        /// A publish waiting for its acknowledgement. Its message went to the client as it
+        /// was: should it be sent again, the event is encoded again with the same id and time.
+        struct InFlight<'a, E> {
             index: usize,
-            subject: String,
+            event: &'a E,
             id: String,
-            headers: HeaderMap,
-            payload: Bytes,
+            time: time::OffsetDateTime,
             ack: Result<Ack, async_nats::jetstream::context::PublishError>,
         }
         let inner = &self.inner;
-        let mut out: Vec<Option<Result<Published, Error>>> = Vec::new();
-        let mut window: VecDeque<InFlight> = VecDeque::with_capacity(PIPELINE_WINDOW);
+        let options = crate::envelope::EncodeOptions {
+            source: &inner.service,
+            ..Default::default()
+        };
+        let events = events.into_iter();
+        let mut out: Vec<Option<Result<Published, Error>>> =
+            Vec::with_capacity(events.size_hint().0);
+        let mut window: VecDeque<InFlight<'a, E>> = VecDeque::with_capacity(PIPELINE_WINDOW);
 
-        async fn finish(
+        async fn finish<E: crate::event::EventSet>(
             inner: &crate::bus::Inner,
-            f: InFlight,
+            f: InFlight<'_, E>,
         ) -> (usize, Result<Published, Error>) {
             let result = match f.ack {
                 Ok(fut) => fut.await,
@@ -156,31 +190,47 @@ impl crate::bus::Bus {
                     id: f.id,
                 }),
                 Err(e) if retryable(&e.kind()) && inner.config.publish_attempts > 1 => {
-                    publish_acked(
-                        &inner.js,
-                        inner.config.publish_attempts - 1,
-                        &f.subject,
-                        &f.id,
-                        f.headers,
-                        f.payload,
-                    )
-                    .await
+                    let again = crate::envelope::encode_at(
+                        f.event,
+                        &crate::envelope::EncodeOptions {
+                            source: &inner.service,
+                            id: Some(&f.id),
+                            ..Default::default()
+                        },
+                        Some(f.time),
+                    );
+                    match again {
+                        Ok(m) => {
+                            let subject = m.subject.into_string();
+                            tracing::warn!(target: "eventbus::publish", %subject, id = %f.id, attempt = 1, error = %e, "publish not acknowledged; sending again with the same id");
+                            publish_acked(
+                                &inner.js,
+                                inner.config.publish_attempts - 1,
+                                &subject,
+                                &f.id,
+                                m.headers,
+                                m.payload,
+                            )
+                            .await
+                        }
+                        Err(encode_error) => Err(encode_error),
+                    }
                 }
-                Err(e) => Err(publish_error(&f.subject, e)),
+                Err(e) => {
+                    let subject = f
+                        .event
+                        .event_subject()
+                        .map(|s| s.into_string())
+                        .unwrap_or_default();
+                    Err(publish_error(&subject, e))
+                }
             };
             (f.index, r)
         }
 
-        for (index, event) in events.into_iter().enumerate() {
+        for (index, event) in events.enumerate() {
             out.push(None);
-            let encoded = crate::envelope::encode(
-                event,
-                &crate::envelope::EncodeOptions {
-                    source: &inner.service,
-                    ..Default::default()
-                },
-            );
-            let encoded = match encoded {
+            let encoded = match crate::envelope::encode(event, &options) {
                 Ok(e) => e,
                 Err(e) => {
                     out[index] = Some(Err(e));
@@ -192,21 +242,19 @@ impl crate::bus::Bus {
                 let (i, r) = finish(inner, f).await;
                 out[i] = Some(r);
             }
-            let subject = encoded.subject.into_string();
             let ack = inner
                 .js
                 .publish_with_headers(
-                    subject.clone(),
-                    encoded.headers.clone(),
-                    encoded.payload.clone(),
+                    encoded.subject.into_string(),
+                    encoded.headers,
+                    encoded.payload,
                 )
                 .await;
             window.push_back(InFlight {
                 index,
-                subject,
+                event,
                 id: encoded.id,
-                headers: encoded.headers,
-                payload: encoded.payload,
+                time: encoded.time,
                 ack,
             });
         }

@@ -1,0 +1,319 @@
+//! Dead letters against a real `nats-server` (DESIGN.md §4.5): they are listed with their
+//! cause and origin, all or one consumer's; once the cause is fixed, republishing one (or all)
+//! gets it handled and removes it from the dead-letter stream; a republished event does not
+//! appear twice in its aggregate's history.
+//!
+//! Every test starts its own server; the handlers here have aggregates of their own (`dlq_*`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use eventbus::prelude::*;
+use eventbus::{DeadLetter, ErrorKind};
+use eventbus_tests::{wait_for, wait_until, NatsServer};
+
+/// How long any one condition may take to come true.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "dlq_pay", name = "charged")]
+struct Charged {
+    #[event(aggregate_id)]
+    id: String,
+    amount: i64,
+}
+
+/// Whether the bug behind `dlq_charge`'s failures is fixed.
+static CHARGE_FIXED: AtomicBool = AtomicBool::new(false);
+/// `(aggregate id, event id)` of every charge handled.
+static CHARGED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+#[event_handler(max_deliver = 5, backoff = ["100ms"])]
+async fn dlq_charge(event: Charged, ctx: EventContext) -> Result<(), HandlerError> {
+    if event.amount < 0 && !CHARGE_FIXED.load(Ordering::SeqCst) {
+        return Err(HandlerError::permanent(format!(
+            "charge {} has a negative amount {}",
+            event.id, event.amount
+        )));
+    }
+    CHARGED
+        .lock()
+        .unwrap()
+        .push((event.id, ctx.event_id().to_owned()));
+    Ok(())
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "dlq_mail", name = "queued")]
+struct MailQueued {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+static MAIL_FIXED: AtomicBool = AtomicBool::new(false);
+static MAILED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[event_handler(max_deliver = 2, backoff = ["100ms"])]
+async fn dlq_mail(event: MailQueued) -> Result<(), HandlerError> {
+    if !MAIL_FIXED.load(Ordering::SeqCst) {
+        return Err(HandlerError::transient("smtp is down"));
+    }
+    MAILED.lock().unwrap().push(event.id);
+    Ok(())
+}
+
+fn charged(id: &str) -> Vec<String> {
+    CHARGED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(a, _)| a == id)
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+/// How many times each charge was handled.
+fn charge_counts() -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (id, _) in CHARGED.lock().unwrap().iter() {
+        *counts.entry(id.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits until `consumer` of `stream` has nothing pending and nothing waiting for an ack.
+async fn settled(js: &jetstream::Context, stream: &str, consumer: &str) {
+    wait_until(
+        TIMEOUT,
+        format_args!("consumer `{consumer}` is settled"),
+        || async {
+            let s = js.get_stream(stream).await.expect("stream");
+            let info = s.consumer_info(consumer).await.expect("consumer");
+            info.num_pending == 0 && info.num_ack_pending == 0
+        },
+    )
+    .await;
+}
+
+fn header<'a>(d: &'a DeadLetter, name: &str) -> Option<&'a str> {
+    d.headers.get(name).map(|v| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_handled_once_republished() {
+    let server = NatsServer::start().await;
+    let bus = eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("dlq")
+        .only_handlers(["dlq_charge", "dlq_mail"])
+        .start()
+        .await
+        .unwrap();
+    let js = jetstream::new(server.connect().await);
+    let (charge, mail) = ("dlq-dlq_charge", "dlq-dlq_mail");
+
+    let mut published = BTreeMap::new();
+    for (id, amount) in [("c1", 10), ("c2", -5), ("c3", -7), ("c4", 20)] {
+        let p = bus
+            .publish(&Charged {
+                id: id.into(),
+                amount,
+            })
+            .await
+            .unwrap();
+        published.insert(id, p);
+    }
+    let m1 = bus.publish(&MailQueued { id: "m1".into() }).await.unwrap();
+
+    // Listed: all of them, or one consumer's.
+    let all = wait_for(TIMEOUT, "three dead letters", || async {
+        let all = bus.dead_letters(None).await.unwrap();
+        (all.len() == 3).then_some(all)
+    })
+    .await;
+    settled(&js, "DLQ_PAY", charge).await;
+    settled(&js, "DLQ_MAIL", mail).await;
+    assert!(
+        all.windows(2).all(|w| w[0].sequence < w[1].sequence),
+        "oldest first"
+    );
+    let mut charges = bus.dead_letters(Some(charge)).await.unwrap();
+    charges.sort_by_key(|d| d.original_sequence);
+    assert_eq!(charges.len(), 2);
+    for (d, (id, amount)) in charges.iter().zip([("c2", -5), ("c3", -7)]) {
+        let p = &published[id];
+        assert_eq!(d.consumer, charge);
+        assert_eq!(d.reason, "permanent");
+        assert_eq!(
+            d.error,
+            format!("charge {id} has a negative amount {amount}")
+        );
+        assert_eq!(d.original_subject, format!("dlq_pay.{id}.charged"));
+        assert_eq!(d.original_stream, "DLQ_PAY");
+        assert_eq!(d.original_sequence, p.sequence);
+        assert_eq!(d.deliveries, 1);
+        assert_eq!(header(d, "ce-id"), Some(p.id.as_str()));
+        let body: Charged = serde_json::from_slice(&d.payload).unwrap();
+        assert_eq!(
+            body,
+            Charged {
+                id: id.into(),
+                amount
+            }
+        );
+        assert!(all.iter().any(|a| a.sequence == d.sequence));
+    }
+    let mails = bus.dead_letters(Some(mail)).await.unwrap();
+    assert_eq!(mails.len(), 1);
+    let d = &mails[0];
+    assert_eq!(
+        (d.reason.as_str(), d.deliveries, d.original_stream.as_str()),
+        ("max_deliver", 2, "DLQ_MAIL")
+    );
+    assert!(d.error.contains("smtp is down"), "{}", d.error);
+    assert_eq!(d.original_sequence, m1.sequence);
+    assert_eq!(d.original_subject, "dlq_mail.m1.queued");
+    assert!(bus
+        .dead_letters(Some("dlq-nobody"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        charge_counts(),
+        BTreeMap::from([("c1".into(), 1), ("c4".into(), 1)])
+    );
+
+    // Fixed: one republished is handled, as the same event, and leaves the dead-letter stream.
+    CHARGE_FIXED.store(true, Ordering::SeqCst);
+    let c2 = &charges[0];
+    let again = bus.republish_dead_letter(c2.sequence).await.unwrap();
+    assert_eq!(again.stream, "DLQ_PAY");
+    assert_eq!(again.sequence, 5, "stored after the four charges");
+    wait_until(TIMEOUT, "c2 is handled", || async {
+        !charged("c2").is_empty()
+    })
+    .await;
+    assert_eq!(
+        charged("c2"),
+        vec![published["c2"].id.clone()],
+        "the handler sees the same event id"
+    );
+    let left = bus.dead_letters(Some(charge)).await.unwrap();
+    assert_eq!(
+        left.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+        vec![charges[1].sequence],
+        "c2 left the dead-letter stream"
+    );
+    let err = bus
+        .republish_dead_letter(c2.sequence)
+        .await
+        .expect_err("no longer there");
+    assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
+
+    // All the others.
+    MAIL_FIXED.store(true, Ordering::SeqCst);
+    let republished = bus.republish_dead_letters(None).await.unwrap();
+    assert_eq!(republished.len(), 2);
+    wait_until(TIMEOUT, "c3 and m1 are handled", || async {
+        !charged("c3").is_empty() && MAILED.lock().unwrap().contains(&"m1".to_owned())
+    })
+    .await;
+    assert!(bus.dead_letters(None).await.unwrap().is_empty());
+    settled(&js, "DLQ_PAY", charge).await;
+    settled(&js, "DLQ_MAIL", mail).await;
+    assert_eq!(
+        charge_counts(),
+        BTreeMap::from([
+            ("c1".into(), 1),
+            ("c2".into(), 1),
+            ("c3".into(), 1),
+            ("c4".into(), 1)
+        ]),
+        "each charge handled once"
+    );
+
+    // The aggregate's history holds each event once: a republished copy is a redelivery, not
+    // a new fact.
+    let history = bus.read::<Charged>("c2").collect().await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].metadata.id, published["c2"].id);
+    assert_eq!(history[0].sequence, published["c2"].sequence);
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_republished_stays() {
+    let server = NatsServer::start().await;
+    let bus = eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("dlq")
+        // A bus with a handler provisions the dead-letter stream; no mail is published here.
+        .only_handlers(["dlq_mail"])
+        .start()
+        .await
+        .unwrap();
+    let js = jetstream::new(server.connect().await);
+
+    // A dead letter whose original subject no stream stores any more, and a message in the
+    // dead-letter stream that is no dead letter.
+    let mut h = HeaderMap::new();
+    h.insert("ce-id", "lost-1");
+    h.insert("eventbus-dlq-reason", "permanent");
+    h.insert("eventbus-dlq-error", "boom");
+    h.insert("eventbus-dlq-consumer", "svc-lost");
+    h.insert("eventbus-original-subject", "nowhere.x.happened");
+    h.insert("eventbus-original-sequence", "7");
+    h.insert("eventbus-original-stream", "NOWHERE");
+    h.insert("eventbus-deliveries", "1");
+    let lost = js
+        .publish_with_headers("dlq.svc-lost", h, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let stray = js
+        .publish("dlq.svc-lost", "not a dead letter".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let err = bus
+        .republish_dead_letter(lost.sequence)
+        .await
+        .expect_err("no stream");
+    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert!(err.to_string().contains("nowhere.x.happened"), "{err}");
+    let err = bus
+        .republish_dead_letter(stray.sequence)
+        .await
+        .expect_err("not a dead letter");
+    assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
+    let err = bus
+        .republish_dead_letter(9999)
+        .await
+        .expect_err("no such message");
+    assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
+
+    let listed = bus.dead_letters(Some("svc-lost")).await.unwrap();
+    assert_eq!(listed.len(), 2, "both are still there");
+    assert_eq!(listed[0].sequence, lost.sequence);
+    assert_eq!(listed[0].original_subject, "nowhere.x.happened");
+    assert_eq!((listed[0].original_sequence, listed[0].deliveries), (7, 1));
+    assert!(
+        listed[0].headers.get("Nats-Sequence").is_none(),
+        "only the message's own headers"
+    );
+    let err = bus
+        .republish_dead_letters(Some("svc-lost"))
+        .await
+        .expect_err("stops at the first failure");
+    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    bus.shutdown().await.unwrap();
+}

@@ -1,0 +1,930 @@
+//! Publishing against a real `nats-server` (DESIGN.md §5): an event counts as stored only once
+//! the server acknowledged it; an explicit id is published once; what cannot be stored (an
+//! invalid aggregate id, a subject no stream covers, an oversize body) is a typed error, never a
+//! silent loss; a publish retried across a server restart or a lost acknowledgement leaves one
+//! copy; `publish_all` reports every outcome in order; `ctx.publish` carries the chain forward.
+//!
+//! Every test starts its own server; each has an aggregate of its own (`pub_*`). Buses run no
+//! handler (`without_handlers`) unless the test is about one, which they then name.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::StreamMessage};
+use async_nats::HeaderMap;
+use eventbus::prelude::*;
+use eventbus::{Config, ErrorKind, PublishOptions, StreamOptions};
+use eventbus_tests::{wait_for, wait_until, NatsServer};
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// How long any one condition may take to come true.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A bus of service `pub` on `server` that runs no handler.
+async fn publisher(server: &NatsServer) -> Bus {
+    eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("pub")
+        .without_handlers()
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("the bus does not start: {e}"))
+}
+
+/// A bus that waits 1 s for each acknowledgement and makes up to 20 attempts, reconnecting
+/// every 100 ms: for the tests that take the server away while a publish waits.
+async fn impatient_publisher(server: &NatsServer) -> Bus {
+    eventbus::builder()
+        .config(Config {
+            publish_timeout: Duration::from_secs(1),
+            publish_attempts: 20,
+            ..Config::default()
+        })
+        .no_env()
+        .url(server.url())
+        .service("pub")
+        .reconnect_wait(Duration::from_millis(100))
+        .max_reconnects(None)
+        .without_handlers()
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("the bus does not start: {e}"))
+}
+
+/// A plain JetStream client of the test's own, to look at what the server stored.
+struct Probe {
+    js: jetstream::Context,
+}
+
+impl Probe {
+    async fn new(server: &NatsServer) -> Probe {
+        Probe {
+            js: jetstream::new(server.connect().await),
+        }
+    }
+
+    /// How many messages `stream` holds.
+    async fn count(&self, stream: &str) -> u64 {
+        let mut s = self
+            .js
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"));
+        s.info().await.expect("stream info").state.messages
+    }
+
+    /// The message at `sequence` of `stream`.
+    async fn stored(&self, stream: &str, sequence: u64) -> StreamMessage {
+        let s = self
+            .js
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"));
+        s.get_raw_message(sequence)
+            .await
+            .unwrap_or_else(|e| panic!("no message {sequence} in `{stream}`: {e}"))
+    }
+
+    /// Every message `stream` holds, in order.
+    async fn all(&self, stream: &str) -> Vec<StreamMessage> {
+        let mut s = self
+            .js
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"));
+        let state = s.info().await.expect("stream info").state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return out;
+        }
+        for sequence in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = s.get_raw_message(sequence).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+/// Counts eventbus's "publish not acknowledged; sending again with the same id" warnings in
+/// the futures it is attached to, so a test can wait until a publish has been retried.
+#[derive(Clone, Default)]
+struct Retries(Arc<AtomicUsize>);
+
+impl Retries {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn attach<F: Future>(&self, f: F) -> impl Future<Output = F::Output> {
+        f.with_subscriber(tracing_subscriber::registry().with(self.clone()))
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Retries {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if meta.target() == "eventbus::publish" && *meta.level() == tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. publish returns once stored, with the stream, the sequence and the id
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_ack", name = "placed")]
+struct AckPlaced {
+    #[event(aggregate_id)]
+    id: String,
+    total_cents: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_returns_the_stored_position_once_the_server_has_it() {
+    let server = NatsServer::start().await;
+    let bus = publisher(&server).await;
+    let probe = Probe::new(&server).await;
+
+    let event = AckPlaced {
+        id: "o-1".into(),
+        total_cents: 2500,
+    };
+    let first = bus.publish(&event).await.unwrap();
+    let second = bus
+        .publish(&AckPlaced {
+            id: "o-2".into(),
+            total_cents: 990,
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(first.stream, "PUB_ACK");
+    assert_eq!((first.sequence, second.sequence), (1, 2));
+    assert!(!first.duplicate && !second.duplicate);
+    assert_ne!(first.id, second.id, "every event gets an id of its own");
+    let uuid = first.id.as_bytes();
+    assert!(
+        first.id.len() == 36 && uuid[14] == b'7',
+        "the id is a UUIDv7: {}",
+        first.id
+    );
+
+    // Stored when publish returned: no waiting here.
+    let m = probe.stored("PUB_ACK", first.sequence).await;
+    assert_eq!(m.subject.as_str(), "pub_ack.o-1.placed");
+    assert_eq!(header(&m, "ce-id"), Some(first.id.as_str()));
+    assert_eq!(header(&m, "Nats-Msg-Id"), Some(first.id.as_str()));
+    assert_eq!(header(&m, "ce-specversion"), Some("1.0"));
+    assert_eq!(header(&m, "ce-type"), Some("pub_ack.placed.v1"));
+    assert_eq!(header(&m, "ce-source"), Some("pub"));
+    assert_eq!(header(&m, "ce-subject"), Some("o-1"));
+    assert_eq!(header(&m, "content-type"), Some("application/json"));
+    assert_eq!(
+        header(&m, "ce-correlationid"),
+        Some(first.id.as_str()),
+        "an event that starts a chain is its own correlation"
+    );
+    assert!(header(&m, "ce-time").is_some());
+    let body: AckPlaced = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body, event);
+
+    // And the bus reads it back as it was published.
+    let read = bus.read::<AckPlaced>("o-1").collect().await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].event, event);
+    assert_eq!(read[0].sequence, first.sequence);
+    assert_eq!(read[0].version, 1);
+    assert_eq!(read[0].metadata.id, first.id);
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. the same explicit id twice: one copy
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_dedup", name = "placed")]
+struct DedupPlaced {
+    #[event(aggregate_id)]
+    id: String,
+    total_cents: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_one_id_twice_stores_one_copy() {
+    let server = NatsServer::start().await;
+    let bus = publisher(&server).await;
+    let probe = Probe::new(&server).await;
+    let with_id = || PublishOptions {
+        id: Some("order-42-placed".into()),
+        ..PublishOptions::default()
+    };
+
+    let event = DedupPlaced {
+        id: "42".into(),
+        total_cents: 100,
+    };
+    let first = bus.publish_with(&event, with_id()).await.unwrap();
+    // A retry by the caller, say after a crash, with a body that differs: still the same event.
+    let again = DedupPlaced {
+        total_cents: 999,
+        ..event.clone()
+    };
+    let second = bus.publish_with(&again, with_id()).await.unwrap();
+
+    assert_eq!(first.id, "order-42-placed");
+    assert!(!first.duplicate);
+    assert!(second.duplicate, "the server recognised the id: {second:?}");
+    assert_eq!(
+        (second.stream.as_str(), second.sequence),
+        (first.stream.as_str(), first.sequence),
+        "a duplicate reports where the first copy is"
+    );
+    assert_eq!(second.id, first.id);
+    assert_eq!(probe.count("PUB_DEDUP").await, 1);
+    let stored: DedupPlaced =
+        serde_json::from_slice(&probe.stored("PUB_DEDUP", first.sequence).await.payload).unwrap();
+    assert_eq!(stored, event, "the first copy is kept");
+
+    // Another id is another event.
+    let third = bus
+        .publish_with(
+            &event,
+            PublishOptions {
+                id: Some("order-42-placed-2".into()),
+                ..PublishOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!third.duplicate);
+    assert_eq!(third.sequence, 2);
+    assert_eq!(probe.count("PUB_DEDUP").await, 2);
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. an invalid aggregate id: a typed error, nothing stored
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "pub_badid", name = "placed")]
+struct BadIdPlaced {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_aggregate_id_is_refused_and_nothing_is_stored() {
+    let server = NatsServer::start().await;
+    let bus = publisher(&server).await;
+    let probe = Probe::new(&server).await;
+
+    // `a.b` would land on `pub_badid.a.b.placed`, which the stream `pub_badid.>` covers.
+    for bad in ["", "a.b", "a b", "a*", "*", ">", "tab\there", "line\nbreak"] {
+        let err = bus
+            .publish(&BadIdPlaced { id: bad.into() })
+            .await
+            .expect_err(bad);
+        assert_eq!(err.kind(), ErrorKind::InvalidAggregateId, "{bad:?}: {err}");
+        assert!(
+            err.to_string().contains(&format!("{bad:?}")),
+            "the error names the id {bad:?}: {err}"
+        );
+        let err = bus
+            .publish_with(
+                &BadIdPlaced { id: bad.into() },
+                PublishOptions {
+                    id: Some(format!("explicit-{}", bad.len())),
+                    ..PublishOptions::default()
+                },
+            )
+            .await
+            .expect_err(bad);
+        assert_eq!(err.kind(), ErrorKind::InvalidAggregateId, "{bad:?}: {err}");
+    }
+    assert_eq!(probe.count("PUB_BADID").await, 0, "nothing was stored");
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. a subject no stream covers: a typed error at once, not a silent loss
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "pub_gone", name = "created")]
+struct GoneCreated {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_no_stream_covers_is_an_error() {
+    let server = NatsServer::start().await;
+    let bus = publisher(&server).await;
+    let probe = Probe::new(&server).await;
+    // Someone deletes the aggregate's stream while the bus runs.
+    probe.js.delete_stream("PUB_GONE").await.unwrap();
+
+    let started = Instant::now();
+    let err = bus
+        .publish(&GoneCreated { id: "g-1".into() })
+        .await
+        .expect_err("no stream stores pub_gone.g-1.created");
+    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert!(
+        err.to_string().contains("pub_gone.g-1.created"),
+        "the error names the subject: {err}"
+    );
+    let cause = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<jetstream::context::PublishError>())
+        .unwrap_or_else(|| panic!("the cause is async-nats's publish error: {err:?}"));
+    assert_eq!(cause.kind(), PublishErrorKind::StreamNotFound);
+    assert!(
+        started.elapsed() < bus.config().publish_timeout,
+        "refused at once (no responders), not after waiting for an acknowledgement: {:?}",
+        started.elapsed()
+    );
+
+    let events = [
+        GoneCreated { id: "g-2".into() },
+        GoneCreated { id: "g-3".into() },
+    ];
+    let results = bus.publish_all(&events).await;
+    assert_eq!(results.len(), 2);
+    for r in results {
+        let err = r.expect_err("no stream");
+        assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    }
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. an oversize event: a typed error, and the connection lives on
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "pub_big", name = "noted")]
+struct BigNoted {
+    #[event(aggregate_id)]
+    id: String,
+    note: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "pub_capped", name = "noted")]
+struct CappedNoted {
+    #[event(aggregate_id)]
+    id: String,
+    note: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_event_is_an_error_and_the_connection_lives_on() {
+    let server = NatsServer::builder()
+        .config("max_payload: 4096")
+        .start()
+        .await;
+    let bus = eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("pub")
+        .stream(
+            "pub_capped",
+            StreamOptions {
+                max_message_size: Some(1024),
+                ..StreamOptions::default()
+            },
+        )
+        .without_handlers()
+        .start()
+        .await
+        .unwrap();
+    let probe = Probe::new(&server).await;
+    assert_eq!(bus.nats_client().server_info().max_payload, 4096);
+
+    let far_above = BigNoted {
+        id: "b-1".into(),
+        note: "x".repeat(8192),
+    };
+    let err = bus.publish(&far_above).await.expect_err("8 KiB body");
+    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert!(
+        err.to_string().contains("max payload") && err.to_string().contains("pub_big.b-1.noted"),
+        "{err}"
+    );
+
+    // A body under max_payload that the headers push over it: the server would close the
+    // connection on such a message, so it must not be sent.
+    let just_under = BigNoted {
+        id: "b-2".into(),
+        note: "x".repeat(4000),
+    };
+    let encoded = eventbus::envelope::encode(
+        &just_under,
+        &eventbus::envelope::EncodeOptions {
+            source: "pub",
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(encoded.payload.len() < 4096, "the body alone fits");
+    let err = bus
+        .publish(&just_under)
+        .await
+        .expect_err("body and headers > 4 KiB");
+    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+
+    let results = bus
+        .publish_all(&[far_above.clone(), just_under.clone()])
+        .await;
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Publish)));
+
+    // The connection is still there, and nothing of the refused events was stored.
+    let small = bus
+        .publish(&BigNoted {
+            id: "b-3".into(),
+            note: "small".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(small.sequence, 1);
+    assert_eq!(probe.count("PUB_BIG").await, 1);
+
+    // Over the stream's own limit (1 KiB) but under max_payload: the server refuses it.
+    let err = bus
+        .publish(&CappedNoted {
+            id: "c-1".into(),
+            note: "y".repeat(2000),
+        })
+        .await
+        .expect_err("over the stream's max message size");
+    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert!(
+        err.to_string().contains("max message size"),
+        "the error says which limit: {err}"
+    );
+    assert_eq!(probe.count("PUB_CAPPED").await, 0);
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. a publish retried across a server restart, or after a lost acknowledgement: one copy
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_restart", name = "placed")]
+struct RestartPlaced {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_across_a_server_restart_is_stored_once() {
+    let mut server = NatsServer::start().await;
+    let bus = impatient_publisher(&server).await;
+
+    server.stop();
+    let retries = Retries::default();
+    let publish = tokio::spawn(retries.attach({
+        let bus = bus.clone();
+        async move {
+            bus.publish_with(
+                &RestartPlaced { id: "r-1".into() },
+                PublishOptions {
+                    id: Some("restart-r-1".into()),
+                    ..PublishOptions::default()
+                },
+            )
+            .await
+        }
+    }));
+    wait_until(
+        TIMEOUT,
+        "the publish was not acknowledged and is sent again",
+        || async { retries.count() >= 1 },
+    )
+    .await;
+    server.start_again().await;
+
+    let published = tokio::time::timeout(TIMEOUT, publish)
+        .await
+        .expect("the publish completes once the server is back")
+        .expect("the publishing task")
+        .expect("the publish succeeds");
+    assert_eq!(published.id, "restart-r-1");
+    assert_eq!(
+        (published.stream.as_str(), published.sequence),
+        ("PUB_RESTART", 1)
+    );
+
+    let probe = Probe::new(&server).await;
+    let stored = probe.all("PUB_RESTART").await;
+    assert_eq!(
+        stored.len(),
+        1,
+        "one copy, though it was sent {} times",
+        retries.count() + 1
+    );
+    assert_eq!(header(&stored[0], "Nats-Msg-Id"), Some("restart-r-1"));
+    assert_eq!(header(&stored[0], "ce-id"), Some("restart-r-1"));
+    bus.shutdown().await.unwrap();
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Resumes a stopped server when dropped, so that a failing test does not leave it frozen.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_frozen", name = "placed")]
+struct FrozenPlaced {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_acknowledgement_came_too_late_is_stored_once() {
+    let server = NatsServer::start().await;
+    let bus = impatient_publisher(&server).await;
+    let pid = server.pid().expect("running");
+
+    // A frozen server: the connection stays up, the first attempt reaches the socket, and the
+    // server stores it only after the publisher gave up waiting and sent it again.
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    let retries = Retries::default();
+    let publish = tokio::spawn(retries.attach({
+        let bus = bus.clone();
+        async move { bus.publish(&FrozenPlaced { id: "f-1".into() }).await }
+    }));
+    wait_until(
+        TIMEOUT,
+        "the publish was not acknowledged and is sent again",
+        || async { retries.count() >= 1 },
+    )
+    .await;
+    signal(pid, "CONT");
+    drop(resume);
+
+    let published = tokio::time::timeout(TIMEOUT, publish)
+        .await
+        .expect("the publish completes once the server runs again")
+        .expect("the publishing task")
+        .expect("the publish succeeds");
+    assert_eq!(published.sequence, 1);
+    assert!(
+        published.duplicate,
+        "the first attempt was stored; the retry is recognised as its duplicate: {published:?}"
+    );
+    let probe = Probe::new(&server).await;
+    let stored = probe.all("PUB_FROZEN").await;
+    assert_eq!(stored.len(), 1, "one copy");
+    assert_eq!(header(&stored[0], "ce-id"), Some(published.id.as_str()));
+    bus.shutdown().await.unwrap();
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_frozen_all", name = "placed")]
+struct FrozenAllPlaced {
+    #[event(aggregate_id)]
+    id: String,
+    n: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_retried_after_a_lost_acknowledgement_stores_each_event_once() {
+    let server = NatsServer::start().await;
+    let bus = impatient_publisher(&server).await;
+    let pid = server.pid().expect("running");
+    let events: Vec<FrozenAllPlaced> = (0..50)
+        .map(|n| FrozenAllPlaced {
+            id: format!("f{}", n % 5),
+            n,
+        })
+        .collect();
+
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    let retries = Retries::default();
+    let publish = tokio::spawn(retries.attach({
+        let bus = bus.clone();
+        let events = events.clone();
+        async move { bus.publish_all(&events).await }
+    }));
+    wait_until(
+        TIMEOUT,
+        "a publish was not acknowledged and is sent again",
+        || async { retries.count() >= 1 },
+    )
+    .await;
+    signal(pid, "CONT");
+    drop(resume);
+
+    let results = tokio::time::timeout(TIMEOUT, publish)
+        .await
+        .expect("publish_all completes once the server runs again")
+        .expect("the publishing task");
+    let published: Vec<_> = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|e| panic!("event {i}: {e}")))
+        .collect();
+    assert!(
+        published[0].duplicate,
+        "the retry of the first is its duplicate"
+    );
+    let probe = Probe::new(&server).await;
+    let stored = probe.all("PUB_FROZEN_ALL").await;
+    assert_eq!(stored.len(), 50, "each event once");
+    for (i, (p, m)) in published.iter().zip(&stored).enumerate() {
+        assert_eq!(p.sequence, m.sequence, "event {i}");
+        assert_eq!(header(m, "ce-id"), Some(p.id.as_str()), "event {i}");
+        let body: FrozenAllPlaced = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body, events[i]);
+    }
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. publish_all reports each outcome, in order
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_all", name = "placed")]
+struct AllPlaced {
+    #[event(aggregate_id)]
+    id: String,
+    n: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_reports_each_outcome_in_order() {
+    let server = NatsServer::start().await;
+    let bus = publisher(&server).await;
+    let probe = Probe::new(&server).await;
+
+    let ids = ["a1", "a2", "bad.id", "a1", "a3"];
+    let events: Vec<AllPlaced> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| AllPlaced {
+            id: (*id).into(),
+            n: n as u64,
+        })
+        .collect();
+    let results = bus.publish_all(&events).await;
+
+    assert_eq!(results.len(), events.len(), "one outcome per event");
+    let err = results[2].as_ref().expect_err("the invalid id");
+    assert_eq!(err.kind(), ErrorKind::InvalidAggregateId, "{err:?}");
+    assert!(err.to_string().contains("\"bad.id\""), "{err}");
+    let stored: Vec<(usize, u64)> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(i, r)| {
+            let p = r
+                .as_ref()
+                .unwrap_or_else(|e| panic!("event {i} is stored: {e}"));
+            assert_eq!(p.stream, "PUB_ALL");
+            assert!(!p.duplicate);
+            (i, p.sequence)
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![(0, 1), (1, 2), (3, 3), (4, 4)],
+        "stored in the order given, the invalid one skipped"
+    );
+    for (i, sequence) in stored {
+        let m = probe.stored("PUB_ALL", sequence).await;
+        let body: AllPlaced = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body, events[i]);
+        assert_eq!(
+            header(&m, "ce-id"),
+            Some(results[i].as_ref().unwrap().id.as_str())
+        );
+    }
+    assert_eq!(probe.count("PUB_ALL").await, 4);
+
+    // More events than the pipeline window (1024) keep their order too.
+    let many: Vec<AllPlaced> = (0..2500)
+        .map(|n| AllPlaced {
+            id: format!("m{}", n % 7),
+            n,
+        })
+        .collect();
+    let results = bus.publish_all(&many).await;
+    let sequences: Vec<u64> = results
+        .into_iter()
+        .map(|r| r.expect("stored").sequence)
+        .collect();
+    assert_eq!(sequences, (5..5 + 2500).collect::<Vec<u64>>());
+    assert!(bus.publish_all(Vec::<&AllPlaced>::new()).await.is_empty());
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. extra headers travel along; eventbus's own cannot be overridden
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_hdr", name = "placed")]
+struct HdrPlaced {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_headers_are_stored_and_cannot_override_eventbus_headers() {
+    let server = NatsServer::start().await;
+    let bus = publisher(&server).await;
+    let probe = Probe::new(&server).await;
+
+    let mut extra = HeaderMap::new();
+    extra.insert("x-tenant", "acme");
+    let p = bus
+        .publish_with(
+            &HdrPlaced { id: "h-1".into() },
+            PublishOptions {
+                headers: Some(extra),
+                correlation_id: Some("corr-1".into()),
+                causation_id: Some("cause-1".into()),
+                ..PublishOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let m = probe.stored("PUB_HDR", p.sequence).await;
+    assert_eq!(header(&m, "x-tenant"), Some("acme"));
+    assert_eq!(header(&m, "ce-correlationid"), Some("corr-1"));
+    assert_eq!(header(&m, "ce-causationid"), Some("cause-1"));
+
+    for name in ["ce-id", "ce-type", "Nats-Msg-Id", "content-type"] {
+        let mut extra = HeaderMap::new();
+        extra.insert(name, "mine");
+        let err = bus
+            .publish_with(
+                &HdrPlaced { id: "h-2".into() },
+                PublishOptions {
+                    headers: Some(extra),
+                    ..PublishOptions::default()
+                },
+            )
+            .await
+            .expect_err(name);
+        assert_eq!(err.kind(), ErrorKind::Encode, "{name}: {err:?}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let err = bus
+        .publish_with(
+            &HdrPlaced { id: "h-3".into() },
+            PublishOptions {
+                correlation_id: Some("two\r\nlines".into()),
+                ..PublishOptions::default()
+            },
+        )
+        .await
+        .expect_err("a line break in a header");
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err:?}");
+    assert_eq!(probe.count("PUB_HDR").await, 1);
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. ctx.publish carries the correlation id forward and sets the causation id
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "pub_chain", name = "placed")]
+struct ChainPlaced {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "pub_chain_bill", name = "billed")]
+struct ChainBilled {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "pub_chain_file", name = "filed")]
+struct ChainFiled {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[event_handler(max_deliver = 3, backoff = ["100ms"])]
+async fn pub_chain_bill(event: ChainPlaced, ctx: EventContext) -> Result<(), HandlerError> {
+    ctx.publish(&ChainBilled { id: event.id }).await?;
+    Ok(())
+}
+
+#[event_handler(max_deliver = 3, backoff = ["100ms"])]
+async fn pub_chain_file(event: ChainBilled, ctx: EventContext) -> Result<(), HandlerError> {
+    ctx.publish(&ChainFiled { id: event.id }).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctx_publish_carries_the_correlation_and_sets_the_causation() {
+    let server = NatsServer::start().await;
+    let bus = eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("pub-chain")
+        .only_handlers(["pub_chain_bill", "pub_chain_file"])
+        .start()
+        .await
+        .unwrap();
+    let probe = Probe::new(&server).await;
+
+    let correlated = bus
+        .publish_with(
+            &ChainPlaced { id: "c1".into() },
+            PublishOptions {
+                correlation_id: Some("request-7".into()),
+                ..PublishOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let plain = bus.publish(&ChainPlaced { id: "c2".into() }).await.unwrap();
+
+    /// The message of `stream` on `subject`, once there.
+    async fn on(probe: &Probe, stream: &str, subject: &str) -> StreamMessage {
+        wait_for(TIMEOUT, format_args!("an event on `{subject}`"), || async {
+            probe
+                .all(stream)
+                .await
+                .into_iter()
+                .find(|m| m.subject.as_str() == subject)
+        })
+        .await
+    }
+
+    for (cause, id, correlation) in [
+        (&correlated, "c1", "request-7"),
+        (&plain, "c2", plain.id.as_str()),
+    ] {
+        let billed = on(
+            &probe,
+            "PUB_CHAIN_BILL",
+            &format!("pub_chain_bill.{id}.billed"),
+        )
+        .await;
+        assert_eq!(header(&billed, "ce-correlationid"), Some(correlation));
+        assert_eq!(header(&billed, "ce-causationid"), Some(cause.id.as_str()));
+        assert_eq!(header(&billed, "ce-source"), Some("pub-chain"));
+        let billed_id = header(&billed, "ce-id").expect("ce-id");
+        assert_ne!(billed_id, cause.id, "a new event has a new id");
+
+        // One hop further: the same correlation, caused by the event handled there.
+        let filed = on(
+            &probe,
+            "PUB_CHAIN_FILE",
+            &format!("pub_chain_file.{id}.filed"),
+        )
+        .await;
+        assert_eq!(header(&filed, "ce-correlationid"), Some(correlation));
+        assert_eq!(header(&filed, "ce-causationid"), Some(billed_id));
+    }
+    bus.shutdown().await.unwrap();
+}
