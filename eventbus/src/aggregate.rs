@@ -2,9 +2,10 @@
 //! [`Bus::load`] reads them; [`Bus::append`] and [`Bus::save`] write new ones only if the
 //! aggregate is still at the expected version (optimistic concurrency, checked by the server).
 
-use async_nats::jetstream::{self, context::PublishError, stream::LastRawMessageErrorKind};
+use async_nats::jetstream::context::PublishError;
 use async_nats::HeaderMap;
 
+use crate::backend::Backend;
 use crate::bus::Bus;
 use crate::envelope::{encode, EncodeOptions};
 use crate::error::{Conflict, Error, ErrorKind};
@@ -44,53 +45,8 @@ pub struct Appended {
 }
 
 /// Where an aggregate stands: how many events it has and the stream sequence of its last.
-async fn position(
-    js: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-) -> Result<(u64, u64), Error> {
-    let s = js.get_stream_no_info(stream).await.map_err(|e| {
-        Error::new(
-            ErrorKind::JetStream,
-            format!("cannot open stream `{stream}`"),
-        )
-        .with_source(e)
-    })?;
-    let last = match s.get_last_raw_message_by_subject(filter).await {
-        Ok(m) => m.sequence,
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
-        Err(e) => {
-            return Err(Error::new(
-                ErrorKind::JetStream,
-                format!("cannot find the last event on `{filter}`"),
-            )
-            .with_source(e))
-        }
-    };
-    let info: serde_json::Value = js
-        .request(
-            format!("STREAM.INFO.{stream}"),
-            &serde_json::json!({ "subjects_filter": filter }),
-        )
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::JetStream,
-                format!("cannot count the events on `{filter}`"),
-            )
-            .with_source(e)
-        })?;
-    if let Some(err) = info.get("error") {
-        return Err(Error::new(
-            ErrorKind::JetStream,
-            format!("cannot count the events on `{filter}`: {err}"),
-        ));
-    }
-    let count = info
-        .pointer("/state/subjects")
-        .and_then(|s| s.as_object())
-        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
-        .unwrap_or(0);
+async fn position(backend: &Backend, stream: &str, filter: &str) -> Result<(u64, u64), Error> {
+    let (last, count) = backend.last_and_count(stream, filter).await?;
     Ok((count, last))
 }
 
@@ -163,8 +119,8 @@ impl Bus {
             }
         }
         let filter = format!("{}.{id}.*", E::AGGREGATE);
-        let stream = stream_of(&inner.js, E::AGGREGATE, id).await?;
-        let (count, mut last) = position(&inner.js, &stream, &filter).await?;
+        let stream = stream_of(&inner.backend, E::AGGREGATE, id).await?;
+        let (count, mut last) = position(&inner.backend, &stream, &filter).await?;
         let conflict = |actual: u64, source: Option<crate::error::BoxError>| {
             Error::conflict_error(
                 Conflict {
@@ -218,7 +174,7 @@ impl Bus {
                     published.push(p);
                 }
                 Err(e) if is_wrong_last_sequence(&e) => {
-                    let actual = position(&inner.js, &stream, &filter)
+                    let actual = position(&inner.backend, &stream, &filter)
                         .await
                         .map(|p| p.0)
                         .unwrap_or(expected_version + i as u64);
@@ -260,12 +216,8 @@ async fn append_one(
     let attempts = inner.config.publish_attempts.max(1);
     let mut attempt = 1;
     loop {
-        let result = match inner
-            .js
-            .publish_with_headers(sent.subject.to_owned(), headers.clone(), payload.clone())
-            .await
-        {
-            Ok(f) => f.await,
+        let result = match inner.backend.send(sent.subject.to_owned(), headers.clone(), payload.clone()).await {
+            Ok(f) => f.wait().await,
             Err(e) => Err(e),
         };
         match result {
@@ -295,14 +247,7 @@ async fn append_one(
 /// The event stored right after the expected last one on the aggregate's subjects, if it is
 /// the one with `sent.id` (a copy of an earlier attempt).
 async fn stored_copy(inner: &crate::bus::Inner, sent: &Sent<'_>) -> Option<Published> {
-    let stream = inner.js.get_stream_no_info(sent.stream).await.ok()?;
-    let m = stream
-        .raw_message_builder()
-        .sequence(sent.expected_last + 1)
-        .next_by_subject(sent.filter.to_owned())
-        .send()
-        .await
-        .ok()?;
+    let m = inner.backend.next_by_subject(sent.stream, sent.filter, sent.expected_last + 1).await.ok()??;
     let id = m.headers.get(crate::envelope::headers::MSG_ID)?;
     (id.as_str() == sent.id).then(|| Published {
         stream: sent.stream.to_owned(),

@@ -2,37 +2,35 @@
 //! runtime talks to both through this one enum, so the same dispatch, publishing and reading
 //! code runs on either.
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream, AckKind};
+use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use time::OffsetDateTime;
 
 use crate::error::{Error, ErrorKind};
 use crate::memory::{self, Broker, Settle};
+use crate::publish::retryable;
 use crate::pull::{NatsPuller, PullEvent};
 
 /// A stored message, as a read returns it.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
-    pub(crate) subject: String,
     pub(crate) sequence: u64,
     pub(crate) headers: HeaderMap,
     pub(crate) payload: Bytes,
-    pub(crate) time: OffsetDateTime,
 }
 
 impl From<memory::Stored> for Stored {
     fn from(m: memory::Stored) -> Self {
-        Stored { subject: m.subject, sequence: m.sequence, headers: m.headers, payload: m.payload, time: m.time }
+        Stored { sequence: m.sequence, headers: m.headers, payload: m.payload }
     }
 }
 
 impl From<jetstream::message::StreamMessage> for Stored {
     fn from(m: jetstream::message::StreamMessage) -> Self {
-        Stored { subject: m.subject.to_string(), sequence: m.sequence, headers: m.headers, payload: m.payload, time: m.time }
+        Stored { sequence: m.sequence, headers: m.headers, payload: m.payload }
     }
 }
 
@@ -347,22 +345,6 @@ impl Backend {
         }
     }
 
-    /// The first and last sequence a stream holds now.
-    pub(crate) async fn stream_range(&self, name: &str) -> Result<(u64, u64), Error> {
-        match self {
-            Backend::Nats(js) => {
-                let mut s = js.get_stream(name).await.map_err(|e| {
-                    Error::new(ErrorKind::Read, format!("cannot open stream `{name}`")).with_source(e)
-                })?;
-                let info = s.info().await.map_err(|e| {
-                    Error::new(ErrorKind::Read, format!("cannot read stream `{name}`")).with_source(e)
-                })?;
-                Ok((info.state.first_sequence.max(1), info.state.last_sequence))
-            }
-            Backend::Memory(b) => b.stream_range(name).ok_or_else(|| Error::new(ErrorKind::Read, format!("no stream `{name}`"))),
-        }
-    }
-
     /// The first message at or after `seq` on `filter`.
     pub(crate) async fn next_by_subject(&self, stream: &str, filter: &str, seq: u64) -> Result<Option<Stored>, Error> {
         match self {
@@ -444,9 +426,4 @@ impl Backend {
             }
         }
     }
-}
-
-/// Whether a failed publish may be sent again with the same message id.
-pub(crate) fn retryable(kind: &PublishErrorKind) -> bool {
-    matches!(kind, PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending)
 }

@@ -259,38 +259,52 @@ impl Builder {
     /// handlers.
     pub async fn start(mut self) -> Result<Bus, Error> {
         let (config, service, topology) = self.resolve()?.plan()?;
-        let urls = match config.urls.as_slice() {
-            [] => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    "no server URL: set EVENTBUS_URL (or NATS_URL), or call `.url(...)` on the builder",
-                ))
-            }
-            [u] if u.starts_with("memory:") => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("URL {u:?} asks for the in-process broker, which this build of eventbus does not have; use a nats:// URL"),
-                ))
-            }
-            urls => urls.to_vec(),
+        let memory = match config.urls.as_slice() {
+            [] => Some("memory://".to_owned()),
+            [u] if u.starts_with("memory:") => Some(u.clone()),
+            _ => None,
         };
-        let conn = connection::connect(&config, &service, &urls).await?;
-        let info = conn.client.server_info();
-        let version = connection::parse_version(&info.version).unwrap_or((0, 0, 0));
-        if version < MIN_SERVER_VERSION {
-            return Err(Error::new(
-                ErrorKind::ServerVersion,
-                format!(
-                    "nats-server {} at {} is too old: eventbus needs 2.10 or newer",
-                    info.version,
-                    urls.join(",")
-                ),
-            ));
-        }
-        let js = jetstream::ContextBuilder::new()
-            .timeout(config.publish_timeout)
-            .build(conn.client.clone());
-        let backend = Backend::Nats(js.clone());
+        let (backend, client, state, gave_up, keep_alive, version, server) = match memory {
+            Some(url) => {
+                tracing::warn!(
+                    target: "eventbus",
+                    %url,
+                    "no server URL: running on the in-process broker; events live only in this process (set EVENTBUS_URL=nats://... for JetStream)"
+                );
+                let broker = crate::memory::Broker::named(url.trim_start_matches("memory:").trim_start_matches("//"));
+                let (state_tx, state) = watch::channel(ConnectionState::Connected);
+                let (gave_up_tx, gave_up) = watch::channel(false);
+                (
+                    Backend::Memory(broker),
+                    None,
+                    state,
+                    gave_up,
+                    Some((state_tx, gave_up_tx)),
+                    (u64::MAX, 0, 0),
+                    "in-process".to_owned(),
+                )
+            }
+            None => {
+                let urls = config.urls.clone();
+                let conn = connection::connect(&config, &service, &urls).await?;
+                let info = conn.client.server_info();
+                let version = connection::parse_version(&info.version).unwrap_or((0, 0, 0));
+                if version < MIN_SERVER_VERSION {
+                    return Err(Error::new(
+                        ErrorKind::ServerVersion,
+                        format!(
+                            "nats-server {} at {} is too old: eventbus needs 2.10 or newer",
+                            info.version,
+                            urls.join(",")
+                        ),
+                    ));
+                }
+                let js = jetstream::ContextBuilder::new()
+                    .timeout(config.publish_timeout)
+                    .build(conn.client.clone());
+                (Backend::Nats(js), Some(conn.client), conn.state, conn.gave_up, None, version, info.version)
+            }
+        };
         let stream_names = provision::streams(&backend, &topology).await?;
         let mut problems = Vec::new();
         for c in topology.consumers.iter().filter(|c| c.durable) {
@@ -309,13 +323,13 @@ impl Builder {
         let inner = Arc::new(Inner {
             backend: backend.clone(),
             recorder: self.record.then(Arc::default),
-            client: conn.client.clone(),
-            js: js.clone(),
+            client,
+            _keep_alive: keep_alive,
             service: service.clone(),
             config: config.clone(),
             topology: topology.clone(),
-            state: conn.state,
-            gave_up: conn.gave_up,
+            state,
+            gave_up,
             stop: stop_tx,
             workers: Mutex::new(Vec::new()),
             ephemeral: Mutex::new(Vec::new()),
@@ -358,7 +372,7 @@ impl Builder {
         tracing::info!(
             target: "eventbus",
             service = %service,
-            server = %info.version,
+            server = %server,
             handlers = topology.consumers.len(),
             streams = topology.streams.len(),
             "eventbus started"
@@ -412,8 +426,10 @@ fn default_service_name() -> String {
 pub(crate) struct Inner {
     pub(crate) backend: Backend,
     pub(crate) recorder: Option<Arc<crate::testing::Recorder>>,
-    pub(crate) client: async_nats::Client,
-    pub(crate) js: jetstream::Context,
+    /// The NATS connection (none on the in-process broker).
+    pub(crate) client: Option<async_nats::Client>,
+    /// The senders of the state channels of the in-process broker, kept open.
+    pub(crate) _keep_alive: Option<(watch::Sender<ConnectionState>, watch::Sender<bool>)>,
     pub(crate) service: String,
     pub(crate) config: Config,
     pub(crate) topology: Topology,
@@ -486,14 +502,24 @@ impl Bus {
         self.inner.state.clone()
     }
 
-    /// The underlying NATS client, for what eventbus does not cover.
-    pub fn nats_client(&self) -> &async_nats::Client {
-        &self.inner.client
+    /// The underlying NATS client, for what eventbus does not cover (`None` on the in-process
+    /// broker).
+    pub fn nats_client(&self) -> Option<&async_nats::Client> {
+        self.inner.client.as_ref()
     }
 
-    /// The JetStream context, for what eventbus does not cover.
-    pub fn jetstream(&self) -> &jetstream::Context {
-        &self.inner.js
+    /// The JetStream context, for what eventbus does not cover (`None` on the in-process
+    /// broker).
+    pub fn jetstream(&self) -> Option<&jetstream::Context> {
+        match &self.inner.backend {
+            Backend::Nats(js) => Some(js),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// Whether the bus runs on the in-process broker.
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.inner.backend, Backend::Memory(_))
     }
 
     /// Publishes an event and waits until the server stored it.
@@ -524,7 +550,7 @@ impl Bus {
         )?;
         let span = tracing::debug_span!(target: "eventbus::publish", "publish", subject = %encoded.subject, id = %encoded.id);
         publish_acked(
-            &self.inner.js,
+            &self.inner.backend,
             self.inner.config.publish_attempts,
             encoded.subject.as_str(),
             &encoded.id,
@@ -590,18 +616,17 @@ impl Bus {
         }
         let ephemeral: Vec<_> = std::mem::take(&mut *self.inner.ephemeral.lock().expect("lock"));
         for (stream, name) in ephemeral {
-            if let Err(e) = self
-                .inner
-                .js
-                .delete_consumer_from_stream(&name, &stream)
-                .await
-            {
+            if let Err(e) = self.inner.backend.delete_consumer(&stream, &name).await {
                 tracing::warn!(target: "eventbus", consumer = %name, error = %e, "cannot remove ephemeral consumer; the server removes it when inactive");
             }
         }
+        let Some(client) = &self.inner.client else {
+            tracing::info!(target: "eventbus", service = %self.inner.service, "shut down");
+            return Ok(());
+        };
         // Bounded: while the server is unreachable a flush waits for the next reconnect, which
         // may be minutes away; acks that do not get out mean redeliveries, not lost events.
-        match tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, self.inner.client.flush()).await {
+        match tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, client.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(target: "eventbus", error = %e, "cannot flush the last acks")
@@ -613,7 +638,7 @@ impl Bus {
                 "cannot flush the last acks in time; their events will be redelivered"
             ),
         }
-        self.inner.client.drain().await.map_err(|e| {
+        client.drain().await.map_err(|e| {
             Error::new(ErrorKind::Shutdown, "cannot drain the connection").with_source(e)
         })?;
         tracing::info!(target: "eventbus", service = %self.inner.service, "shut down");

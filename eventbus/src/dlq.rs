@@ -53,7 +53,7 @@ fn header(h: &HeaderMap, name: &str) -> String {
 
 impl Bus {
     async fn dlq_stream_name(&self) -> Result<String, Error> {
-        self.inner.js.stream_by_subject("dlq.x").await.map_err(|e| {
+        self.inner.backend.stream_by_subject("dlq.x").await.map_err(|e| {
             Error::new(ErrorKind::Read, "no dead-letter stream stores `dlq.>`").with_source(e)
         })
     }
@@ -100,10 +100,7 @@ impl Bus {
     /// it, so the aggregate's history holds the event once (its versions count the copy).
     pub async fn republish_dead_letter(&self, sequence: u64) -> Result<Published, Error> {
         let name = self.dlq_stream_name().await?;
-        let stream = self.inner.js.get_stream_no_info(&name).await.map_err(|e| {
-            Error::new(ErrorKind::JetStream, format!("cannot open stream `{name}`")).with_source(e)
-        })?;
-        let m = stream.get_raw_message(sequence).await.map_err(|e| {
+        let m = self.inner.backend.get(&name, sequence).await.map_err(|e| {
             Error::new(
                 ErrorKind::Read,
                 format!("no dead letter with sequence {sequence} in `{name}`"),
@@ -147,7 +144,7 @@ impl Bus {
         );
         h.insert(REPUBLISHED_FROM, origin.as_str());
         let published = publish_acked(
-            &self.inner.js,
+            &self.inner.backend,
             self.inner.config.publish_attempts,
             &subject,
             &id,
@@ -155,7 +152,7 @@ impl Bus {
             m.payload,
         )
         .await?;
-        stream.delete_message(sequence).await.map_err(|e| {
+        self.inner.backend.delete_message(&name, sequence).await.map_err(|e| {
             Error::new(
                 ErrorKind::JetStream,
                 format!("dead letter {sequence} was published again to `{subject}`, but cannot be removed from `{name}`"),

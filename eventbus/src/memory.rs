@@ -600,15 +600,6 @@ impl Broker {
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.changed.notified()
     }
-
-    /// A consumer's counts: (waiting for first delivery, awaiting ack or redelivery).
-    pub(crate) fn consumer_counts(&self, stream: &str, name: &str) -> Option<(u64, u64)> {
-        let st = self.lock();
-        let s = st.streams.get(stream)?;
-        let c = s.consumers.get(name)?;
-        let waiting = s.messages.range(c.cursor..).filter(|(_, m)| matches_consumer(&c.config, &m.subject)).count() as u64;
-        Some((waiting, c.pending.len() as u64))
-    }
 }
 
 /// A stream's duplicate window as the server sets it when none is given: 2 minutes, or the

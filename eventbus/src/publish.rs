@@ -33,40 +33,18 @@ pub(crate) fn retryable(kind: &PublishErrorKind) -> bool {
 /// Publishes one message and waits for its acknowledgement, retrying on a timeout or a lost
 /// connection with the same headers (so the same `Nats-Msg-Id`).
 pub(crate) async fn publish_acked(
-    js: &async_nats::jetstream::Context,
+    backend: &crate::backend::Backend,
     attempts: u32,
     subject: &str,
     id: &str,
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<Published, Error> {
-    let attempts = attempts.max(1);
-    let mut last = None;
-    for attempt in 1..=attempts {
-        let sent = js
-            .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
-            .await;
-        let result = match sent {
-            Ok(fut) => fut.await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(ack) => {
-                return Ok(Published {
-                    stream: ack.stream,
-                    sequence: ack.sequence,
-                    duplicate: ack.duplicate,
-                    id: id.to_owned(),
-                })
-            }
-            Err(e) if retryable(&e.kind()) && attempt < attempts => {
-                tracing::warn!(target: "eventbus::publish", %subject, %id, attempt, error = %e, "publish not acknowledged; sending again with the same id");
-                last = Some(e);
-            }
-            Err(e) => return Err(publish_error(subject, e)),
-        }
-    }
-    Err(publish_error(subject, last.expect("at least one attempt")))
+    backend
+        .publish_acked(attempts, subject, headers, payload)
+        .await
+        .map(|ack| Published { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate, id: id.to_owned() })
+        .map_err(|e| publish_error(subject, e))
 }
 
 pub(crate) fn publish_error(
@@ -154,7 +132,7 @@ impl crate::bus::Bus {
         I: IntoIterator<Item = &'a E>,
     {
         use std::collections::VecDeque;
-        type Ack = async_nats::jetstream::context::PublishAckFuture;
+        type Ack = crate::backend::AckFuture;
         /// A publish waiting for its acknowledgement. Its message went to the client as it
         /// was: should it be sent again, the event is encoded again with the same id and time.
         struct InFlight<'a, E> {
@@ -179,7 +157,7 @@ impl crate::bus::Bus {
             f: InFlight<'_, E>,
         ) -> (usize, Result<Published, Error>) {
             let result = match f.ack {
-                Ok(fut) => fut.await,
+                Ok(fut) => fut.wait().await,
                 Err(e) => Err(e),
             };
             let r = match result {
@@ -204,7 +182,7 @@ impl crate::bus::Bus {
                             let subject = m.subject.into_string();
                             tracing::warn!(target: "eventbus::publish", %subject, id = %f.id, attempt = 1, error = %e, "publish not acknowledged; sending again with the same id");
                             publish_acked(
-                                &inner.js,
+                                &inner.backend,
                                 inner.config.publish_attempts - 1,
                                 &subject,
                                 &f.id,
@@ -243,12 +221,8 @@ impl crate::bus::Bus {
                 out[i] = Some(r);
             }
             let ack = inner
-                .js
-                .publish_with_headers(
-                    encoded.subject.into_string(),
-                    encoded.headers,
-                    encoded.payload,
-                )
+                .backend
+                .send(encoded.subject.into_string(), encoded.headers, encoded.payload)
                 .await;
             window.push_back(InFlight {
                 index,

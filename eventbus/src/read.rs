@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use time::OffsetDateTime;
 
+use crate::backend::Backend;
 use crate::bus::Bus;
 use crate::envelope::{decode, Metadata};
 use crate::error::{Error, ErrorKind};
@@ -78,13 +79,9 @@ impl Bus {
 }
 
 /// The stream that stores an aggregate's subjects.
-pub(crate) async fn stream_of(
-    js: &jetstream::Context,
-    aggregate: &str,
-    id: &str,
-) -> Result<String, Error> {
+pub(crate) async fn stream_of(backend: &Backend, aggregate: &str, id: &str) -> Result<String, Error> {
     let probe = format!("{aggregate}.{id}.x");
-    js.stream_by_subject(probe).await.map_err(|e| {
+    backend.stream_by_subject(&probe).await.map_err(|e| {
         Error::new(
             ErrorKind::Read,
             format!("no stream stores the events of aggregate `{aggregate}`"),
@@ -112,8 +109,7 @@ const DIRECT_GET_HEADERS: [&str; 6] = [
 /// A stream opened for a read: the range of sequences it held when the read began, and how
 /// it can be read.
 pub(crate) struct Opened {
-    stream: jetstream::stream::Stream,
-    client: async_nats::Client,
+    how: Access,
     name: String,
     first: u64,
     last: u64,
@@ -124,9 +120,32 @@ pub(crate) struct Opened {
     timeout: Duration,
 }
 
+/// How an opened stream is read.
+enum Access {
+    Nats { stream: jetstream::stream::Stream, client: async_nats::Client },
+    Memory(crate::memory::Broker),
+}
+
 /// Opens a stream and reads the range of sequences it holds now.
 pub(crate) async fn open(inner: &crate::bus::Inner, name: &str) -> Result<Opened, Error> {
-    let mut s = inner.js.get_stream(name).await.map_err(|e| {
+    let js = match &inner.backend {
+        Backend::Nats(js) => js,
+        Backend::Memory(b) => {
+            let (first, last) = b
+                .stream_range(name)
+                .ok_or_else(|| Error::new(ErrorKind::Read, format!("cannot open stream `{name}`: it does not exist")))?;
+            return Ok(Opened {
+                how: Access::Memory(b.clone()),
+                name: name.to_owned(),
+                first: first.max(1),
+                last,
+                batched: false,
+                replicated: false,
+                timeout: inner.config.publish_timeout,
+            });
+        }
+    };
+    let mut s = js.get_stream(name).await.map_err(|e| {
         Error::new(ErrorKind::Read, format!("cannot open stream `{name}`")).with_source(e)
     })?;
     let info = s.info().await.map_err(|e| {
@@ -136,8 +155,7 @@ pub(crate) async fn open(inner: &crate::bus::Inner, name: &str) -> Result<Opened
     let batched = info.config.allow_direct && inner.server_version >= BATCH_GET_MIN_SERVER_VERSION;
     let replicated = info.config.num_replicas > 1;
     Ok(Opened {
-        stream: s,
-        client: inner.client.clone(),
+        how: Access::Nats { stream: s, client: js.client() },
         name: name.to_owned(),
         first: first.max(1),
         last,
@@ -192,11 +210,34 @@ impl Scan {
         }
     }
 
-    /// One message, from the stream's leader (`STREAM.MSG.GET`).
+    /// One message, from the stream's leader (`STREAM.MSG.GET`); from the in-process
+    /// broker, up to [`BATCH`].
     async fn fetch_one(&mut self) -> Result<(), Error> {
-        let got = self
-            .opened
-            .stream
+        let stream = match &self.opened.how {
+            Access::Nats { stream, .. } => stream,
+            Access::Memory(b) => {
+                for _ in 0..BATCH {
+                    match b.next_by_subject(&self.opened.name, &self.filter, self.next) {
+                        Some(m) if m.sequence <= self.opened.last => {
+                            self.next = m.sequence + 1;
+                            self.buffer.push_back(StreamMessage {
+                                subject: m.subject.into(),
+                                sequence: m.sequence,
+                                headers: m.headers,
+                                payload: m.payload,
+                                time: m.time,
+                            });
+                        }
+                        _ => {
+                            self.done = true;
+                            break;
+                        }
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let got = stream
             .raw_message_builder()
             .sequence(self.next)
             .next_by_subject(self.filter.clone())
@@ -220,11 +261,13 @@ impl Scan {
 
     /// Up to [`BATCH`] messages with one batched direct get.
     async fn fetch_batch(&mut self) -> Result<(), Error> {
+        let client = match &self.opened.how {
+            Access::Nats { client, .. } => client.clone(),
+            Access::Memory(_) => return self.fetch_one().await,
+        };
         if self.inbox.is_none() {
-            let inbox = self.opened.client.new_inbox();
-            let sub = self
-                .opened
-                .client
+            let inbox = client.new_inbox();
+            let sub = client
                 .subscribe(inbox.clone())
                 .await
                 .map_err(|e| {
@@ -237,8 +280,7 @@ impl Scan {
             serde_json::json!({ "seq": self.next, "next_by_subj": self.filter, "batch": BATCH });
         let subject = format!("$JS.API.DIRECT.GET.{}", self.opened.name);
         let (inbox, _) = self.inbox.as_ref().expect("subscribed");
-        self.opened
-            .client
+        client
             .publish_with_reply(subject, inbox.clone(), Bytes::from(request.to_string()))
             .await
             .map_err(|e| {
@@ -382,7 +424,7 @@ impl<E: EventSet> Read<E> {
         let inner = bus.inner.clone();
         let opened = async move {
             check_aggregate_id(E::AGGREGATE, &id)?;
-            let name = stream_of(&inner.js, E::AGGREGATE, &id).await?;
+            let name = stream_of(&inner.backend, E::AGGREGATE, &id).await?;
             let opened = open(&inner, &name).await?;
             Ok::<_, Error>(scan(opened, format!("{}.{id}.*", E::AGGREGATE), 1))
         };

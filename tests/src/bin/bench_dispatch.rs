@@ -106,7 +106,7 @@ async fn main() {
 
     // Provision through eventbus, then publish the backlog pipelined, with eventbus's headers.
     let publisher = eventbus::builder().no_env().url(&url).service("bench").without_handlers().start().await.expect("bus");
-    let js = publisher.jetstream().clone();
+    let js = publisher.jetstream().expect("a NATS bus").clone();
     let mut pending = Vec::with_capacity(1000);
     for i in 0..n {
         let e = Tick { id: format!("a{}", i % 1000), n: i as u64, note: "x".repeat(64) };

@@ -194,7 +194,7 @@ async fn main() {
         .start()
         .await
         .expect("bus");
-    let js = bus.jetstream().clone();
+    let js = bus.jetstream().expect("a NATS bus").clone();
     println!(
         "nats-server {:?}; {pipelined} pipelined and {awaited} awaited events per round, {rounds} rounds",
         bus.server_version()
