@@ -75,7 +75,10 @@ fn registration(h: &Handler<'_>) -> TokenStream {
             };
             (quote!(#lit), check)
         }
-        None => (quote!(<#event_ty as ::eventbus::EventSet>::FILTER), quote!()),
+        None => (
+            quote!(<#event_ty as ::eventbus::EventSet>::FILTER),
+            quote!(),
+        ),
     };
 
     let options = options(h);

@@ -216,7 +216,11 @@ async fn append_one(
     let attempts = inner.config.publish_attempts.max(1);
     let mut attempt = 1;
     loop {
-        let result = match inner.backend.send(sent.subject.to_owned(), headers.clone(), payload.clone()).await {
+        let result = match inner
+            .backend
+            .send(sent.subject.to_owned(), headers.clone(), payload.clone())
+            .await
+        {
             Ok(f) => f.wait().await,
             Err(e) => Err(e),
         };
@@ -247,7 +251,11 @@ async fn append_one(
 /// The event stored right after the expected last one on the aggregate's subjects, if it is
 /// the one with `sent.id` (a copy of an earlier attempt).
 async fn stored_copy(inner: &crate::bus::Inner, sent: &Sent<'_>) -> Option<Published> {
-    let m = inner.backend.next_by_subject(sent.stream, sent.filter, sent.expected_last + 1).await.ok()??;
+    let m = inner
+        .backend
+        .next_by_subject(sent.stream, sent.filter, sent.expected_last + 1)
+        .await
+        .ok()??;
     let id = m.headers.get(crate::envelope::headers::MSG_ID)?;
     (id.as_str() == sent.id).then(|| Published {
         stream: sent.stream.to_owned(),

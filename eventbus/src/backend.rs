@@ -2,9 +2,9 @@
 //! runtime talks to both through this one enum, so the same dispatch, publishing and reading
 //! code runs on either.
 
-use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -24,18 +24,29 @@ pub(crate) struct Stored {
 
 impl From<memory::Stored> for Stored {
     fn from(m: memory::Stored) -> Self {
-        Stored { sequence: m.sequence, headers: m.headers, payload: m.payload }
+        Stored {
+            sequence: m.sequence,
+            headers: m.headers,
+            payload: m.payload,
+        }
     }
 }
 
 impl From<jetstream::message::StreamMessage> for Stored {
     fn from(m: jetstream::message::StreamMessage) -> Self {
-        Stored { sequence: m.sequence, headers: m.headers, payload: m.payload }
+        Stored {
+            sequence: m.sequence,
+            headers: m.headers,
+            payload: m.payload,
+        }
     }
 }
 
 /// Where the events live.
 #[derive(Clone, Debug)]
+// One per bus, worker or read, or moved once per event: boxing the large variant would
+// cost an allocation per event for no gain.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     /// A NATS JetStream server.
     Nats(jetstream::Context),
@@ -43,7 +54,10 @@ pub(crate) enum Backend {
     Memory(Broker),
 }
 
-fn js_err(kind: ErrorKind, context: String) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Error {
+fn js_err(
+    kind: ErrorKind,
+    context: String,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Error {
     move |e| Error::new(kind, context).with_source(e)
 }
 
@@ -63,6 +77,9 @@ impl AckFuture {
 }
 
 /// What pulling a consumer brought.
+// One per bus, worker or read, or moved once per event: boxing the large variant would
+// cost an allocation per event for no gain.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Pulled {
     /// An event, against one credit.
     Message(Incoming),
@@ -76,9 +93,17 @@ pub(crate) enum Pulled {
 
 /// Pulls one consumer's events by credit: [`Puller::request`] asks for `n` more, each
 /// [`Pulled::Message`] uses one.
+// One per bus, worker or read, or moved once per event: boxing the large variant would
+// cost an allocation per event for no gain.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Puller {
     Nats(NatsPuller),
-    Memory { broker: Broker, stream: String, consumer: String, credits: usize },
+    Memory {
+        broker: Broker,
+        stream: String,
+        consumer: String,
+        credits: usize,
+    },
 }
 
 impl Puller {
@@ -102,7 +127,12 @@ impl Puller {
                 PullEvent::Reset => Pulled::Reset,
                 PullEvent::Failed(e) => Pulled::Failed(e),
             },
-            Puller::Memory { broker, stream, consumer, credits } => {
+            Puller::Memory {
+                broker,
+                stream,
+                consumer,
+                credits,
+            } => {
                 if *credits == 0 {
                     return std::future::pending().await;
                 }
@@ -163,12 +193,21 @@ impl Incoming {
     pub(crate) fn info(&self) -> Result<IncomingInfo, Error> {
         match self {
             Incoming::Nats(m) => {
-                let i = m.info().map_err(|e| Error::new(ErrorKind::JetStream, "message without JetStream metadata").with_source(e))?;
-                Ok(IncomingInfo { stream_sequence: i.stream_sequence, delivered: i.delivered.max(1) as u64, pending: i.pending })
+                let i = m.info().map_err(|e| {
+                    Error::new(ErrorKind::JetStream, "message without JetStream metadata")
+                        .with_source(e)
+                })?;
+                Ok(IncomingInfo {
+                    stream_sequence: i.stream_sequence,
+                    delivered: i.delivered.max(1) as u64,
+                    pending: i.pending,
+                })
             }
-            Incoming::Memory(_, d) => {
-                Ok(IncomingInfo { stream_sequence: d.message.sequence, delivered: d.delivered, pending: d.pending })
-            }
+            Incoming::Memory(_, d) => Ok(IncomingInfo {
+                stream_sequence: d.message.sequence,
+                delivered: d.delivered,
+                pending: d.pending,
+            }),
         }
     }
 
@@ -204,7 +243,10 @@ impl Backend {
                     .await
                     .into_iter()
                     .collect::<Result<_, _>>()
-                    .map_err(|e| Error::new(ErrorKind::Provision, "cannot list the server's streams").with_source(e))?;
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Provision, "cannot list the server's streams")
+                            .with_source(e)
+                    })?;
                 Ok(infos.into_iter().map(|i| i.config).collect())
             }
             Backend::Memory(b) => Ok(b.streams()),
@@ -215,25 +257,45 @@ impl Backend {
         let name = config.name.clone();
         let ctx = format!("cannot create stream `{name}`");
         match self {
-            Backend::Nats(js) => js.create_stream(config).await.map(|_| ()).map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
-            Backend::Memory(b) => b.create_stream(config).map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
+            Backend::Nats(js) => js
+                .create_stream(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
+            Backend::Memory(b) => b
+                .create_stream(config)
+                .map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
         }
     }
 
     pub(crate) async fn update_stream(&self, config: stream::Config) -> Result<(), Error> {
         let ctx = format!("cannot update stream `{}`", config.name);
         match self {
-            Backend::Nats(js) => js.update_stream(config).await.map(|_| ()).map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
-            Backend::Memory(b) => b.update_stream(config).map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
+            Backend::Nats(js) => js
+                .update_stream(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
+            Backend::Memory(b) => b
+                .update_stream(config)
+                .map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
         }
     }
 
     /// A consumer's configuration, `None` when it does not exist.
-    pub(crate) async fn consumer_config(&self, stream: &str, name: &str) -> Result<Option<consumer::Config>, Error> {
+    pub(crate) async fn consumer_config(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<Option<consumer::Config>, Error> {
         match self {
             Backend::Nats(js) => {
                 let s = js.get_stream_no_info(stream).await.map_err(|e| {
-                    Error::new(ErrorKind::Provision, format!("cannot find stream `{stream}`")).with_source(e)
+                    Error::new(
+                        ErrorKind::Provision,
+                        format!("cannot find stream `{stream}`"),
+                    )
+                    .with_source(e)
                 })?;
                 match s.consumer_info(name).await {
                     Ok(info) => Ok(Some(info.config)),
@@ -244,8 +306,11 @@ impl Backend {
                         {
                             Ok(None)
                         }
-                        _ => Err(Error::new(ErrorKind::Provision, format!("cannot look up consumer `{name}` on `{stream}`"))
-                            .with_source(e)),
+                        _ => Err(Error::new(
+                            ErrorKind::Provision,
+                            format!("cannot look up consumer `{name}` on `{stream}`"),
+                        )
+                        .with_source(e)),
                     },
                 }
             }
@@ -254,29 +319,61 @@ impl Backend {
     }
 
     /// Creates or updates a consumer; returns its name.
-    pub(crate) async fn put_consumer(&self, stream: &str, config: consumer::Config, update: bool) -> Result<String, Error> {
-        let name = config.durable_name.clone().or_else(|| config.name.clone()).unwrap_or_default();
-        let ctx = format!("cannot {} consumer `{name}` on stream `{stream}`", if update { "update" } else { "create" });
+    pub(crate) async fn put_consumer(
+        &self,
+        stream: &str,
+        config: consumer::Config,
+        update: bool,
+    ) -> Result<String, Error> {
+        let name = config
+            .durable_name
+            .clone()
+            .or_else(|| config.name.clone())
+            .unwrap_or_default();
+        let ctx = format!(
+            "cannot {} consumer `{name}` on stream `{stream}`",
+            if update { "update" } else { "create" }
+        );
         match self {
             Backend::Nats(js) => {
                 let s = js.get_stream_no_info(stream).await.map_err(|e| {
-                    Error::new(ErrorKind::Provision, format!("cannot find stream `{stream}`")).with_source(e)
+                    Error::new(
+                        ErrorKind::Provision,
+                        format!("cannot find stream `{stream}`"),
+                    )
+                    .with_source(e)
                 })?;
                 if update {
-                    s.update_consumer(config).await.map(|_| name).map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into()))
+                    s.update_consumer(config)
+                        .await
+                        .map(|_| name)
+                        .map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into()))
                 } else {
-                    s.create_consumer(config).await.map(|_| name).map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into()))
+                    s.create_consumer(config)
+                        .await
+                        .map(|_| name)
+                        .map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into()))
                 }
             }
-            Backend::Memory(b) => b.put_consumer(stream, config).map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
+            Backend::Memory(b) => b
+                .put_consumer(stream, config)
+                .map_err(|e| js_err(ErrorKind::Provision, ctx)(e.into())),
         }
     }
 
     pub(crate) async fn delete_consumer(&self, stream: &str, name: &str) -> Result<(), Error> {
         match self {
-            Backend::Nats(js) => js.delete_consumer_from_stream(name, stream).await.map(|_| ()).map_err(|e| {
-                Error::new(ErrorKind::JetStream, format!("cannot remove consumer `{name}`")).with_source(e)
-            }),
+            Backend::Nats(js) => js
+                .delete_consumer_from_stream(name, stream)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::JetStream,
+                        format!("cannot remove consumer `{name}`"),
+                    )
+                    .with_source(e)
+                }),
             Backend::Memory(b) => {
                 b.delete_consumer(stream, name);
                 Ok(())
@@ -292,12 +389,22 @@ impl Backend {
         state: tokio::sync::watch::Receiver<crate::connection::ConnectionState>,
     ) -> Result<Puller, Error> {
         match self {
-            Backend::Nats(js) => Ok(Puller::Nats(NatsPuller::new(js, stream, name, state).await?)),
+            Backend::Nats(js) => Ok(Puller::Nats(
+                NatsPuller::new(js, stream, name, state).await?,
+            )),
             Backend::Memory(b) => {
                 if b.consumer_config(stream, name).is_none() {
-                    return Err(Error::new(ErrorKind::Provision, format!("no consumer `{name}` on stream `{stream}`")));
+                    return Err(Error::new(
+                        ErrorKind::Provision,
+                        format!("no consumer `{name}` on stream `{stream}`"),
+                    ));
                 }
-                Ok(Puller::Memory { broker: b.clone(), stream: stream.to_owned(), consumer: name.to_owned(), credits: 0 })
+                Ok(Puller::Memory {
+                    broker: b.clone(),
+                    stream: stream.to_owned(),
+                    consumer: name.to_owned(),
+                    credits: 0,
+                })
             }
         }
     }
@@ -314,7 +421,10 @@ impl Backend {
         let attempts = attempts.max(1);
         let mut attempt = 1;
         loop {
-            let result = match self.send(subject.to_owned(), headers.clone(), payload.clone()).await {
+            let result = match self
+                .send(subject.to_owned(), headers.clone(), payload.clone())
+                .await
+            {
                 Ok(f) => f.wait().await,
                 Err(e) => Err(e),
             };
@@ -329,9 +439,17 @@ impl Backend {
     }
 
     /// Sends a publish; the returned future gives its acknowledgement.
-    pub(crate) async fn send(&self, subject: String, headers: HeaderMap, payload: Bytes) -> Result<AckFuture, PublishError> {
+    pub(crate) async fn send(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<AckFuture, PublishError> {
         match self {
-            Backend::Nats(js) => js.publish_with_headers(subject, headers, payload).await.map(AckFuture::Nats),
+            Backend::Nats(js) => js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map(AckFuture::Nats),
             Backend::Memory(b) => Ok(AckFuture::Ready(b.publish(&subject, headers, payload))),
         }
     }
@@ -340,22 +458,43 @@ impl Backend {
     pub(crate) async fn stream_by_subject(&self, subject: &str) -> Result<String, Error> {
         let ctx = || format!("no stream stores subject `{subject}`");
         match self {
-            Backend::Nats(js) => js.stream_by_subject(subject).await.map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e)),
-            Backend::Memory(b) => b.stream_by_subject(subject).ok_or_else(|| Error::new(ErrorKind::Read, ctx())),
+            Backend::Nats(js) => js
+                .stream_by_subject(subject)
+                .await
+                .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e)),
+            Backend::Memory(b) => b
+                .stream_by_subject(subject)
+                .ok_or_else(|| Error::new(ErrorKind::Read, ctx())),
         }
     }
 
     /// The first message at or after `seq` on `filter`.
-    pub(crate) async fn next_by_subject(&self, stream: &str, filter: &str, seq: u64) -> Result<Option<Stored>, Error> {
+    pub(crate) async fn next_by_subject(
+        &self,
+        stream: &str,
+        filter: &str,
+        seq: u64,
+    ) -> Result<Option<Stored>, Error> {
         match self {
             Backend::Nats(js) => {
                 let s = js.get_stream_no_info(stream).await.map_err(|e| {
-                    Error::new(ErrorKind::Read, format!("cannot open stream `{stream}`")).with_source(e)
+                    Error::new(ErrorKind::Read, format!("cannot open stream `{stream}`"))
+                        .with_source(e)
                 })?;
-                match s.raw_message_builder().sequence(seq).next_by_subject(filter.to_owned()).send().await {
+                match s
+                    .raw_message_builder()
+                    .sequence(seq)
+                    .next_by_subject(filter.to_owned())
+                    .send()
+                    .await
+                {
                     Ok(m) => Ok(Some(m.into())),
                     Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-                    Err(e) => Err(Error::new(ErrorKind::Read, format!("cannot read the messages on `{filter}`")).with_source(e)),
+                    Err(e) => Err(Error::new(
+                        ErrorKind::Read,
+                        format!("cannot read the messages on `{filter}`"),
+                    )
+                    .with_source(e)),
                 }
             }
             Backend::Memory(b) => Ok(b.next_by_subject(stream, filter, seq).map(Into::into)),
@@ -367,34 +506,66 @@ impl Backend {
         let ctx = || format!("no message {seq} in `{stream}`");
         match self {
             Backend::Nats(js) => {
-                let s = js.get_stream_no_info(stream).await.map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))?;
-                s.get_raw_message(seq).await.map(Into::into).map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))
+                let s = js
+                    .get_stream_no_info(stream)
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))?;
+                s.get_raw_message(seq)
+                    .await
+                    .map(Into::into)
+                    .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))
             }
-            Backend::Memory(b) => b.get(stream, seq).map(Into::into).ok_or_else(|| Error::new(ErrorKind::Read, ctx())),
+            Backend::Memory(b) => b
+                .get(stream, seq)
+                .map(Into::into)
+                .ok_or_else(|| Error::new(ErrorKind::Read, ctx())),
         }
     }
 
     /// The sequence of the last message on `filter` (0 if none) and how many messages it has.
-    pub(crate) async fn last_and_count(&self, stream: &str, filter: &str) -> Result<(u64, u64), Error> {
+    pub(crate) async fn last_and_count(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<(u64, u64), Error> {
         match self {
             Backend::Nats(js) => {
                 let s = js.get_stream_no_info(stream).await.map_err(|e| {
-                    Error::new(ErrorKind::JetStream, format!("cannot open stream `{stream}`")).with_source(e)
+                    Error::new(
+                        ErrorKind::JetStream,
+                        format!("cannot open stream `{stream}`"),
+                    )
+                    .with_source(e)
                 })?;
                 let last = match s.get_last_raw_message_by_subject(filter).await {
                     Ok(m) => m.sequence,
                     Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
                     Err(e) => {
-                        return Err(Error::new(ErrorKind::JetStream, format!("cannot find the last message on `{filter}`"))
-                            .with_source(e))
+                        return Err(Error::new(
+                            ErrorKind::JetStream,
+                            format!("cannot find the last message on `{filter}`"),
+                        )
+                        .with_source(e))
                     }
                 };
                 let info: serde_json::Value = js
-                    .request(format!("STREAM.INFO.{stream}"), &serde_json::json!({ "subjects_filter": filter }))
+                    .request(
+                        format!("STREAM.INFO.{stream}"),
+                        &serde_json::json!({ "subjects_filter": filter }),
+                    )
                     .await
-                    .map_err(|e| Error::new(ErrorKind::JetStream, format!("cannot count the messages on `{filter}`")).with_source(e))?;
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::JetStream,
+                            format!("cannot count the messages on `{filter}`"),
+                        )
+                        .with_source(e)
+                    })?;
                 if let Some(err) = info.get("error") {
-                    return Err(Error::new(ErrorKind::JetStream, format!("cannot count the messages on `{filter}`: {err}")));
+                    return Err(Error::new(
+                        ErrorKind::JetStream,
+                        format!("cannot count the messages on `{filter}`: {err}"),
+                    ));
                 }
                 let count = info
                     .pointer("/state/subjects")
@@ -414,8 +585,14 @@ impl Backend {
         let ctx = || format!("cannot remove message {seq} from `{stream}`");
         match self {
             Backend::Nats(js) => {
-                let s = js.get_stream_no_info(stream).await.map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))?;
-                s.delete_message(seq).await.map(|_| ()).map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))
+                let s = js
+                    .get_stream_no_info(stream)
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))?;
+                s.delete_message(seq)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))
             }
             Backend::Memory(b) => {
                 if b.delete_message(stream, seq) {

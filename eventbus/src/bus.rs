@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::config::{Config, Credentials, StreamOptions, TlsConfig};
 use crate::backend::Backend;
+use crate::config::{Config, Credentials, StreamOptions, TlsConfig};
 use crate::connection::{self, ConnectionState};
 use crate::dispatch::{self, Worker};
 use crate::envelope::{encode, EncodeOptions};
@@ -271,7 +271,9 @@ impl Builder {
                     %url,
                     "no server URL: running on the in-process broker; events live only in this process (set EVENTBUS_URL=nats://... for JetStream)"
                 );
-                let broker = crate::memory::Broker::named(url.trim_start_matches("memory:").trim_start_matches("//"));
+                let broker = crate::memory::Broker::named(
+                    url.trim_start_matches("memory:").trim_start_matches("//"),
+                );
                 let (state_tx, state) = watch::channel(ConnectionState::Connected);
                 let (gave_up_tx, gave_up) = watch::channel(false);
                 (
@@ -302,7 +304,15 @@ impl Builder {
                 let js = jetstream::ContextBuilder::new()
                     .timeout(config.publish_timeout)
                     .build(conn.client.clone());
-                (Backend::Nats(js), Some(conn.client), conn.state, conn.gave_up, None, version, info.version)
+                (
+                    Backend::Nats(js),
+                    Some(conn.client),
+                    conn.state,
+                    conn.gave_up,
+                    None,
+                    version,
+                    info.version,
+                )
             }
         };
         let stream_names = provision::streams(&backend, &topology).await?;
@@ -345,13 +355,23 @@ impl Builder {
             let name = if plan.durable {
                 plan.name.clone()
             } else {
-                let name = format!("{}-{}", plan.name, &uuid::Uuid::now_v7().simple().to_string()[20..]);
+                let name = format!(
+                    "{}-{}",
+                    plan.name,
+                    &uuid::Uuid::now_v7().simple().to_string()[20..]
+                );
                 let config = provision::consumer_config(plan, &name).into_consumer_config();
                 backend.put_consumer(&stream_name, config, false).await?;
-                bus.inner.ephemeral.lock().expect("lock").push((stream_name.clone(), name.clone()));
+                bus.inner
+                    .ephemeral
+                    .lock()
+                    .expect("lock")
+                    .push((stream_name.clone(), name.clone()));
                 name
             };
-            let puller = backend.puller(&stream_name, &name, bus.watch_connection()).await?;
+            let puller = backend
+                .puller(&stream_name, &name, bus.watch_connection())
+                .await?;
             let worker = Arc::new(Worker {
                 plan: plan.clone(),
                 stream: stream_name,
@@ -570,14 +590,27 @@ impl Bus {
         headers: HeaderMap,
         payload: impl Into<bytes::Bytes>,
     ) -> Result<Published, Error> {
-        let id = headers.get(crate::envelope::headers::MSG_ID).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let id = headers
+            .get(crate::envelope::headers::MSG_ID)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
         let ack = self
             .inner
             .backend
-            .publish_acked(self.inner.config.publish_attempts, subject, headers, payload.into())
+            .publish_acked(
+                self.inner.config.publish_attempts,
+                subject,
+                headers,
+                payload.into(),
+            )
             .await
             .map_err(|e| crate::publish::publish_error(subject, e))?;
-        Ok(Published { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate, id })
+        Ok(Published {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+            id,
+        })
     }
 
     /// Resolves with an error when the connection is lost for good (reconnect attempts

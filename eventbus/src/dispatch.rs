@@ -16,11 +16,11 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, Incoming, Pulled, Puller};
 use crate::bus::Bus;
-use crate::testing::{Handled, Outcome as Recorded, Recorder};
 use crate::envelope::Metadata;
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Delivery, EventContext, HandlerError};
 use crate::registry::AckPolicy;
+use crate::testing::{Handled, Outcome as Recorded, Recorder};
 use crate::topology::ConsumerPlan;
 
 /// Header names of a dead letter.
@@ -92,7 +92,12 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 /// It also leaves the rest of the backlog to the other instances sharing the durable
 /// consumer. Credit is asked for in batches of a quarter of the slots (at least one), and
 /// requests overlap, so the flow does not stop while a pull travels.
-pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch::Receiver<bool>, grace: Duration) {
+pub(crate) async fn run(
+    worker: Arc<Worker>,
+    mut puller: Puller,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let plan = &worker.plan;
     // The handlers in flight, polled by this worker's task: no task is spawned per event.
     let mut tasks: Tasks = FuturesUnordered::new();
@@ -109,8 +114,12 @@ pub(crate) async fn run(worker: Arc<Worker>, mut puller: Puller, mut stop: watch
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let waiting: Vec<Incoming> =
-                    lanes.lock().expect("lanes lock").values().flat_map(|q| q.iter().cloned()).collect();
+                let waiting: Vec<Incoming> = lanes
+                    .lock()
+                    .expect("lanes lock")
+                    .values()
+                    .flat_map(|q| q.iter().cloned())
+                    .collect();
                 for m in waiting {
                     let _ = m.settle(AckKind::Progress).await;
                 }
@@ -287,10 +296,15 @@ async fn handle(w: &Worker, msg: Incoming) {
 fn record(w: &Worker, msg: &Incoming, seq: u64, attempt: u64, outcome: Recorded) {
     let Some(r) = &w.recorder else { return };
     let subject = msg.subject().to_owned();
-    let aggregate_id = crate::subject::split_event_subject(&subject).map(|(_, id, _)| id.to_owned()).unwrap_or_default();
+    let aggregate_id = crate::subject::split_event_subject(&subject)
+        .map(|(_, id, _)| id.to_owned())
+        .unwrap_or_default();
     r.record(Handled {
         handler: w.plan.handler.clone(),
-        event_id: msg.headers().and_then(|h| h.get(crate::envelope::headers::ID)).map(|v| v.as_str().to_owned()),
+        event_id: msg
+            .headers()
+            .and_then(|h| h.get(crate::envelope::headers::ID))
+            .map(|v| v.as_str().to_owned()),
         subject,
         aggregate_id,
         sequence: seq,
@@ -448,14 +462,21 @@ async fn settle(w: &Worker, msg: &Incoming, seq: u64, delivered: u64, outcome: O
         let r = match &outcome {
             _ if plan.ack == AckPolicy::None => Recorded::Unacknowledged,
             Outcome::Handled => Recorded::Acked,
-            Outcome::Failed(e) if e.is_permanent() => {
-                Recorded::DeadLettered { reason: DeadReason::Permanent.as_str().to_owned(), error: e.to_string() }
-            }
-            Outcome::Failed(e) if delivered as i64 >= plan.max_deliver => {
-                Recorded::DeadLettered { reason: DeadReason::MaxDeliver.as_str().to_owned(), error: e.to_string() }
-            }
-            Outcome::Failed(e) => Recorded::Retried { error: e.to_string() },
-            Outcome::Dead(reason, error) => Recorded::DeadLettered { reason: reason.as_str().to_owned(), error: error.clone() },
+            Outcome::Failed(e) if e.is_permanent() => Recorded::DeadLettered {
+                reason: DeadReason::Permanent.as_str().to_owned(),
+                error: e.to_string(),
+            },
+            Outcome::Failed(e) if delivered as i64 >= plan.max_deliver => Recorded::DeadLettered {
+                reason: DeadReason::MaxDeliver.as_str().to_owned(),
+                error: e.to_string(),
+            },
+            Outcome::Failed(e) => Recorded::Retried {
+                error: e.to_string(),
+            },
+            Outcome::Dead(reason, error) => Recorded::DeadLettered {
+                reason: reason.as_str().to_owned(),
+                error: error.clone(),
+            },
         };
         record(w, msg, seq, delivered, r);
     }

@@ -53,9 +53,13 @@ fn header(h: &HeaderMap, name: &str) -> String {
 
 impl Bus {
     async fn dlq_stream_name(&self) -> Result<String, Error> {
-        self.inner.backend.stream_by_subject("dlq.x").await.map_err(|e| {
-            Error::new(ErrorKind::Read, "no dead-letter stream stores `dlq.>`").with_source(e)
-        })
+        self.inner
+            .backend
+            .stream_by_subject("dlq.x")
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Read, "no dead-letter stream stores `dlq.>`").with_source(e)
+            })
     }
 
     /// Every dead letter, oldest first; of one consumer only if `consumer` is given.

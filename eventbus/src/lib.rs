@@ -14,9 +14,9 @@ pub mod config;
 pub mod connection;
 pub mod topology;
 
+mod backend;
 mod bus;
 mod dispatch;
-mod backend;
 mod dlq;
 mod memory;
 mod provision;

@@ -145,7 +145,8 @@ impl Broker {
     /// made on first use. Buses with the same name share it, as instances share a server; it
     /// lives as long as the process.
     pub(crate) fn named(name: &str) -> Broker {
-        static BROKERS: std::sync::OnceLock<Mutex<HashMap<String, Broker>>> = std::sync::OnceLock::new();
+        static BROKERS: std::sync::OnceLock<Mutex<HashMap<String, Broker>>> =
+            std::sync::OnceLock::new();
         BROKERS
             .get_or_init(Default::default)
             .lock()
@@ -165,15 +166,27 @@ impl Broker {
 
     /// Every stream's configuration.
     pub(crate) fn streams(&self) -> Vec<stream::Config> {
-        self.lock().streams.values().map(|s| s.config.clone()).collect()
+        self.lock()
+            .streams
+            .values()
+            .map(|s| s.config.clone())
+            .collect()
     }
 
-    /// Creates a stream; refuses a name in use or subjects another stream holds.
+    /// Creates a stream; refuses a name in use or subjects another stream holds. As on the
+    /// server, creating a stream that exists with the same configuration succeeds (instances
+    /// starting at once both create it); with another configuration it is refused.
     pub(crate) fn create_stream(&self, mut config: stream::Config) -> Result<(), Refused> {
         with_default_window(&mut config);
         let mut st = self.lock();
-        if st.streams.contains_key(&config.name) {
-            return Err(Refused(format!("stream name already in use: {}", config.name)));
+        if let Some(existing) = st.streams.get(&config.name) {
+            if existing.config == config {
+                return Ok(());
+            }
+            return Err(Refused(format!(
+                "stream name already in use with a different configuration: {}",
+                config.name
+            )));
         }
         for other in st.streams.values() {
             for a in &other.config.subjects {
@@ -211,10 +224,14 @@ impl Broker {
             .get_mut(&config.name)
             .ok_or_else(|| Refused(format!("stream not found: {}", config.name)))?;
         if s.config.storage != config.storage {
-            return Err(Refused("stream configuration update can not change storage type".into()));
+            return Err(Refused(
+                "stream configuration update can not change storage type".into(),
+            ));
         }
         if s.config.retention != config.retention {
-            return Err(Refused("stream configuration update can not change retention policy".into()));
+            return Err(Refused(
+                "stream configuration update can not change retention policy".into(),
+            ));
         }
         s.config = config;
         Ok(())
@@ -242,7 +259,11 @@ impl Broker {
     pub(crate) fn next_by_subject(&self, stream: &str, filter: &str, seq: u64) -> Option<Stored> {
         let st = self.lock();
         let s = st.streams.get(stream)?;
-        s.messages.range(seq..).map(|(_, m)| m).find(|m| filter_covers(filter, &m.subject)).cloned()
+        s.messages
+            .range(seq..)
+            .map(|(_, m)| m)
+            .find(|m| filter_covers(filter, &m.subject))
+            .cloned()
     }
 
     /// The message with sequence `seq`.
@@ -268,7 +289,9 @@ impl Broker {
     /// Removes one message.
     pub(crate) fn delete_message(&self, stream: &str, seq: u64) -> bool {
         let mut st = self.lock();
-        let Some(s) = st.streams.get_mut(stream) else { return false };
+        let Some(s) = st.streams.get_mut(stream) else {
+            return false;
+        };
         match s.messages.remove(&seq) {
             Some(m) => {
                 s.bytes -= m.payload.len() as u64;
@@ -283,22 +306,43 @@ impl Broker {
     /// `Nats-Expected-Last-Subject-Sequence` (with its `-Subject` filter) must hold; then a
     /// `Nats-Msg-Id` seen within the duplicate window returns the earlier acknowledgement
     /// marked duplicate.
-    pub(crate) fn publish(&self, subject: &str, headers: HeaderMap, payload: Bytes) -> Result<PublishAck, PublishError> {
-        let size = payload.len() + headers.iter().map(|(k, v)| AsRef::<str>::as_ref(k).len() + v.iter().map(|x| x.as_str().len() + 4).sum::<usize>()).sum::<usize>();
+    pub(crate) fn publish(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<PublishAck, PublishError> {
+        let size = payload.len()
+            + headers
+                .iter()
+                .map(|(k, v)| {
+                    AsRef::<str>::as_ref(k).len()
+                        + v.iter().map(|x| x.as_str().len() + 4).sum::<usize>()
+                })
+                .sum::<usize>();
         if size > MAX_PAYLOAD {
             return Err(PublishError::with_source(
                 PublishErrorKind::MaxPayloadExceeded,
-                format!("message of {size} bytes exceeds the maximum payload of {MAX_PAYLOAD} bytes"),
+                format!(
+                    "message of {size} bytes exceeds the maximum payload of {MAX_PAYLOAD} bytes"
+                ),
             ));
         }
         let now = Instant::now();
         let time = self.now_time();
         let mut st = self.lock();
-        let Some(s) = st.streams.values_mut().find(|s| s.config.subjects.iter().any(|f| filter_covers(f, subject))) else {
+        let Some(s) = st
+            .streams
+            .values_mut()
+            .find(|s| s.config.subjects.iter().any(|f| filter_covers(f, subject)))
+        else {
             return Err(PublishError::new(PublishErrorKind::StreamNotFound));
         };
         if s.config.max_message_size > 0 && payload.len() > s.config.max_message_size as usize {
-            return Err(PublishError::with_source(PublishErrorKind::Other, "message size exceeds maximum allowed"));
+            return Err(PublishError::with_source(
+                PublishErrorKind::Other,
+                "message size exceeds maximum allowed",
+            ));
         }
         // Forget ids older than the duplicate window.
         let window = s.config.duplicate_window;
@@ -307,7 +351,10 @@ impl Broker {
                 break;
             }
             let (_, id) = s.dedup_order.pop_front().expect("front");
-            if s.dedup.get(&id).is_some_and(|(_, t)| now.duration_since(*t) >= window) {
+            if s.dedup
+                .get(&id)
+                .is_some_and(|(_, t)| now.duration_since(*t) >= window)
+            {
                 s.dedup.remove(&id);
             }
         }
@@ -322,7 +369,8 @@ impl Broker {
         }
         if let Some(expected) = header(&headers, "Nats-Expected-Last-Subject-Sequence") {
             let expected: u64 = expected.parse().unwrap_or(u64::MAX);
-            let filter = header(&headers, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(subject);
+            let filter =
+                header(&headers, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(subject);
             let last = s
                 .messages
                 .iter()
@@ -343,7 +391,12 @@ impl Broker {
         let msg_id = header(&headers, "Nats-Msg-Id").map(str::to_owned);
         if let Some(id) = &msg_id {
             if let Some((seq, _)) = s.dedup.get(id) {
-                return Ok(PublishAck { stream: s.config.name.clone(), sequence: *seq, duplicate: true, ..Default::default() });
+                return Ok(PublishAck {
+                    stream: s.config.name.clone(),
+                    sequence: *seq,
+                    duplicate: true,
+                    ..Default::default()
+                });
             }
         }
         s.last_seq += 1;
@@ -351,7 +404,16 @@ impl Broker {
         s.bytes += payload.len() as u64;
         // Stored with every header it came with, the `Nats-Expected-*` ones too, as the server
         // does.
-        s.messages.insert(seq, Stored { subject: subject.to_owned(), sequence: seq, headers, payload, time });
+        s.messages.insert(
+            seq,
+            Stored {
+                subject: subject.to_owned(),
+                sequence: seq,
+                headers,
+                payload,
+                time,
+            },
+        );
         if let Some(id) = msg_id {
             s.dedup.insert(id.clone(), (seq, now));
             s.dedup_order.push_back((now, id));
@@ -369,7 +431,9 @@ impl Broker {
         }
         if s.config.max_bytes > 0 {
             while s.bytes > s.config.max_bytes as u64 {
-                let Some((&first, _)) = s.messages.iter().next() else { break };
+                let Some((&first, _)) = s.messages.iter().next() else {
+                    break;
+                };
                 let m = s.messages.remove(&first).expect("present");
                 s.bytes -= m.payload.len() as u64;
             }
@@ -377,19 +441,43 @@ impl Broker {
         let name = s.config.name.clone();
         drop(st);
         self.inner.changed.notify_waiters();
-        Ok(PublishAck { stream: name, sequence: seq, duplicate: false, ..Default::default() })
+        Ok(PublishAck {
+            stream: name,
+            sequence: seq,
+            duplicate: false,
+            ..Default::default()
+        })
     }
 
     /// A consumer's configuration.
     pub(crate) fn consumer_config(&self, stream: &str, name: &str) -> Option<consumer::Config> {
-        Some(self.lock().streams.get(stream)?.consumers.get(name)?.config.clone())
+        Some(
+            self.lock()
+                .streams
+                .get(stream)?
+                .consumers
+                .get(name)?
+                .config
+                .clone(),
+        )
     }
 
     /// Creates or updates a consumer. Deliver, ack and replay policies cannot change.
-    pub(crate) fn put_consumer(&self, stream: &str, config: consumer::Config) -> Result<String, Refused> {
-        let name = config.durable_name.clone().or_else(|| config.name.clone()).ok_or_else(|| Refused("consumer needs a name".into()))?;
+    pub(crate) fn put_consumer(
+        &self,
+        stream: &str,
+        config: consumer::Config,
+    ) -> Result<String, Refused> {
+        let name = config
+            .durable_name
+            .clone()
+            .or_else(|| config.name.clone())
+            .ok_or_else(|| Refused("consumer needs a name".into()))?;
         let mut st = self.lock();
-        let s = st.streams.get_mut(stream).ok_or_else(|| Refused(format!("stream not found: {stream}")))?;
+        let s = st
+            .streams
+            .get_mut(stream)
+            .ok_or_else(|| Refused(format!("stream not found: {stream}")))?;
         if let Some(c) = s.consumers.get_mut(&name) {
             if c.config.deliver_policy != config.deliver_policy {
                 return Err(Refused("deliver policy can not be updated".into()));
@@ -434,7 +522,14 @@ impl Broker {
         };
         s.consumers.insert(
             name.clone(),
-            Consumer { config, cursor, consumer_seq: 0, pending: BTreeMap::new(), acked: 0, terminated: 0 },
+            Consumer {
+                config,
+                cursor,
+                consumer_seq: 0,
+                pending: BTreeMap::new(),
+                acked: 0,
+                terminated: 0,
+            },
         );
         Ok(name)
     }
@@ -442,19 +537,39 @@ impl Broker {
     /// Removes a consumer.
     pub(crate) fn delete_consumer(&self, stream: &str, name: &str) -> bool {
         let mut st = self.lock();
-        st.streams.get_mut(stream).is_some_and(|s| s.consumers.remove(name).is_some())
+        st.streams
+            .get_mut(stream)
+            .is_some_and(|s| s.consumers.remove(name).is_some())
     }
 
     /// Takes the next delivery for a consumer, if one is due now; otherwise the time when one
     /// may become due (a redelivery), if any.
-    fn try_next(&self, stream: &str, name: &str) -> Result<Result<Delivery, Option<Instant>>, Refused> {
+    fn try_next(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<Result<Delivery, Option<Instant>>, Refused> {
         let now = Instant::now();
         let mut st = self.lock();
-        let s = st.streams.get_mut(stream).ok_or_else(|| Refused(format!("stream not found: {stream}")))?;
-        let StreamState { messages, consumers, config, .. } = s;
-        let c = consumers.get_mut(name).ok_or_else(|| Refused(format!("consumer not found: {name}")))?;
+        let s = st
+            .streams
+            .get_mut(stream)
+            .ok_or_else(|| Refused(format!("stream not found: {stream}")))?;
+        let StreamState {
+            messages,
+            consumers,
+            config,
+            ..
+        } = s;
+        let c = consumers
+            .get_mut(name)
+            .ok_or_else(|| Refused(format!("consumer not found: {name}")))?;
         let explicit = c.config.ack_policy != AckPolicy::None;
-        let max_deliver = if c.config.max_deliver > 0 { c.config.max_deliver as u64 } else { u64::MAX };
+        let max_deliver = if c.config.max_deliver > 0 {
+            c.config.max_deliver as u64
+        } else {
+            u64::MAX
+        };
         // Redeliveries first, oldest message first.
         let mut next_due: Option<Instant> = None;
         let mut due = None;
@@ -478,7 +593,11 @@ impl Broker {
         for seq in dropped {
             c.pending.remove(&seq);
         }
-        let ack_wait = if c.config.ack_wait.is_zero() { Duration::from_secs(30) } else { c.config.ack_wait };
+        let ack_wait = if c.config.ack_wait.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            c.config.ack_wait
+        };
         let pick = match due {
             Some(seq) => {
                 let p = c.pending.get_mut(&seq).expect("due");
@@ -499,20 +618,34 @@ impl Broker {
                     Some(seq) => {
                         c.cursor = seq + 1;
                         if explicit {
-                            c.pending.insert(seq, Pending { deliveries: 1, deadline: now + ack_wait, waiting: false });
+                            c.pending.insert(
+                                seq,
+                                Pending {
+                                    deliveries: 1,
+                                    deadline: now + ack_wait,
+                                    waiting: false,
+                                },
+                            );
                         }
                         Some((seq, 1))
                     }
                     None => {
-                        c.cursor = c.cursor.max(messages.keys().next_back().map_or(c.cursor, |l| l + 1));
+                        c.cursor = c
+                            .cursor
+                            .max(messages.keys().next_back().map_or(c.cursor, |l| l + 1));
                         None
                     }
                 }
             }
         };
-        let Some((seq, delivered)) = pick else { return Ok(Err(next_due)) };
+        let Some((seq, delivered)) = pick else {
+            return Ok(Err(next_due));
+        };
         c.consumer_seq += 1;
-        let pending = messages.range(c.cursor..).filter(|(_, m)| matches_consumer(&c.config, &m.subject)).count() as u64;
+        let pending = messages
+            .range(c.cursor..)
+            .filter(|(_, m)| matches_consumer(&c.config, &m.subject))
+            .count() as u64;
         let _ = config;
         Ok(Ok(Delivery {
             message: messages.get(&seq).expect("present").clone(),
@@ -551,9 +684,19 @@ impl Broker {
         }
         let now = Instant::now();
         let mut st = self.lock();
-        let Some(c) = st.streams.get_mut(&d.stream).and_then(|s| s.consumers.get_mut(&d.consumer)) else { return };
+        let Some(c) = st
+            .streams
+            .get_mut(&d.stream)
+            .and_then(|s| s.consumers.get_mut(&d.consumer))
+        else {
+            return;
+        };
         let seq = d.message.sequence;
-        let ack_wait = if c.config.ack_wait.is_zero() { Duration::from_secs(30) } else { c.config.ack_wait };
+        let ack_wait = if c.config.ack_wait.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            c.config.ack_wait
+        };
         match how {
             Settle::Ack => {
                 if c.pending.remove(&seq).is_some() {
@@ -588,9 +731,18 @@ impl Broker {
         let st = self.lock();
         st.streams.values().all(|s| {
             s.consumers.values().all(|c| {
-                let max_deliver = if c.config.max_deliver > 0 { c.config.max_deliver as u64 } else { u64::MAX };
-                c.pending.values().all(|p| p.waiting && p.deliveries >= max_deliver)
-                    && !s.messages.range(c.cursor..).any(|(_, m)| matches_consumer(&c.config, &m.subject))
+                let max_deliver = if c.config.max_deliver > 0 {
+                    c.config.max_deliver as u64
+                } else {
+                    u64::MAX
+                };
+                c.pending
+                    .values()
+                    .all(|p| p.waiting && p.deliveries >= max_deliver)
+                    && !s
+                        .messages
+                        .range(c.cursor..)
+                        .any(|(_, m)| matches_consumer(&c.config, &m.subject))
             })
         })
     }
@@ -607,8 +759,11 @@ impl Broker {
 fn with_default_window(config: &mut stream::Config) {
     if config.duplicate_window.is_zero() {
         let default = Duration::from_secs(120);
-        config.duplicate_window =
-            if config.max_age.is_zero() { default } else { config.max_age.min(default) };
+        config.duplicate_window = if config.max_age.is_zero() {
+            default
+        } else {
+            config.max_age.min(default)
+        };
     }
 }
 
@@ -653,31 +808,71 @@ mod tests {
     async fn publish_sequences_dedup_and_expected_sequence() {
         let b = Broker::new();
         b.create_stream(stream("ORDER", &["order.>"])).unwrap();
-        assert!(b.create_stream(stream("OTHER", &["order.*.created"])).is_err(), "overlap refused");
-        let a = b.publish("order.1.created", with_id("a"), Bytes::from_static(b"{}")).unwrap();
+        assert!(
+            b.create_stream(stream("OTHER", &["order.*.created"]))
+                .is_err(),
+            "overlap refused"
+        );
+        b.create_stream(stream("ORDER", &["order.>"]))
+            .expect("the same stream again: nothing to do");
+        assert!(
+            b.create_stream(stream("ORDER", &["order.*.*"])).is_err(),
+            "another configuration refused"
+        );
+        let a = b
+            .publish("order.1.created", with_id("a"), Bytes::from_static(b"{}"))
+            .unwrap();
         assert_eq!((a.sequence, a.duplicate), (1, false));
-        let dup = b.publish("order.1.created", with_id("a"), Bytes::from_static(b"{}")).unwrap();
+        let dup = b
+            .publish("order.1.created", with_id("a"), Bytes::from_static(b"{}"))
+            .unwrap();
         assert_eq!((dup.sequence, dup.duplicate), (1, true));
         tokio::time::advance(Duration::from_secs(121)).await;
-        let after = b.publish("order.1.created", with_id("a"), Bytes::from_static(b"{}")).unwrap();
-        assert_eq!((after.sequence, after.duplicate), (2, false), "window over: stored again");
+        let after = b
+            .publish("order.1.created", with_id("a"), Bytes::from_static(b"{}"))
+            .unwrap();
         assert_eq!(
-            b.publish("invoice.1.x", HeaderMap::new(), Bytes::new()).unwrap_err().kind(),
+            (after.sequence, after.duplicate),
+            (2, false),
+            "window over: stored again"
+        );
+        assert_eq!(
+            b.publish("invoice.1.x", HeaderMap::new(), Bytes::new())
+                .unwrap_err()
+                .kind(),
             PublishErrorKind::StreamNotFound
         );
         let mut h = HeaderMap::new();
         h.insert("Nats-Expected-Last-Subject-Sequence", "1");
         h.insert("Nats-Expected-Last-Subject-Sequence-Subject", "order.1.*");
-        let e = b.publish("order.1.shipped", h.clone(), Bytes::new()).unwrap_err();
+        let e = b
+            .publish("order.1.shipped", h.clone(), Bytes::new())
+            .unwrap_err();
         assert_eq!(e.kind(), PublishErrorKind::WrongLastSequence);
         h.insert("Nats-Expected-Last-Subject-Sequence", "2");
-        assert_eq!(b.publish("order.1.shipped", h, Bytes::new()).unwrap().sequence, 3);
+        assert_eq!(
+            b.publish("order.1.shipped", h, Bytes::new())
+                .unwrap()
+                .sequence,
+            3
+        );
         let mut h = HeaderMap::new();
         h.insert("Nats-Expected-Last-Subject-Sequence", "0");
         h.insert("Nats-Expected-Last-Subject-Sequence-Subject", "order.2.*");
-        assert_eq!(b.publish("order.2.created", h, Bytes::new()).unwrap().sequence, 4);
+        assert_eq!(
+            b.publish("order.2.created", h, Bytes::new())
+                .unwrap()
+                .sequence,
+            4
+        );
         assert_eq!(b.last_and_count("ORDER", "order.1.*"), Some((3, 3)));
-        assert!(b.publish("order.1.x", HeaderMap::new(), Bytes::from(vec![0; MAX_PAYLOAD + 1])).is_err());
+        assert!(b
+            .publish(
+                "order.1.x",
+                HeaderMap::new(),
+                Bytes::from(vec![0; MAX_PAYLOAD + 1])
+            )
+            .is_err());
     }
 
     #[tokio::test(start_paused = true)]
@@ -690,42 +885,81 @@ mod tests {
             h.insert("Nats-Expected-Last-Subject-Sequence-Subject", "order.1.*");
             h
         };
-        assert_eq!(b.publish("order.1.created", expecting("a", "0"), Bytes::new()).unwrap().sequence, 1);
+        assert_eq!(
+            b.publish("order.1.created", expecting("a", "0"), Bytes::new())
+                .unwrap()
+                .sequence,
+            1
+        );
         // Sent again with the same expected sequence: refused, as nats-server does, not a
         // duplicate.
-        let e = b.publish("order.1.created", expecting("a", "0"), Bytes::new()).unwrap_err();
+        let e = b
+            .publish("order.1.created", expecting("a", "0"), Bytes::new())
+            .unwrap_err();
         assert_eq!(e.kind(), PublishErrorKind::WrongLastSequence);
-        let dup = b.publish("order.1.created", expecting("a", "1"), Bytes::new()).unwrap();
+        let dup = b
+            .publish("order.1.created", expecting("a", "1"), Bytes::new())
+            .unwrap();
         assert_eq!((dup.sequence, dup.duplicate), (1, true));
         let mut stale = with_id("a");
         stale.insert("Nats-Expected-Last-Sequence", "0");
-        let e = b.publish("order.1.created", stale, Bytes::new()).unwrap_err();
+        let e = b
+            .publish("order.1.created", stale, Bytes::new())
+            .unwrap_err();
         assert_eq!(e.kind(), PublishErrorKind::WrongLastSequence);
         // Stored with every header it came with.
         let m = b.get("ORDER", 1).unwrap();
-        assert_eq!(header(&m.headers, "Nats-Expected-Last-Subject-Sequence"), Some("0"));
-        assert_eq!(header(&m.headers, "Nats-Expected-Last-Subject-Sequence-Subject"), Some("order.1.*"));
+        assert_eq!(
+            header(&m.headers, "Nats-Expected-Last-Subject-Sequence"),
+            Some("0")
+        );
+        assert_eq!(
+            header(&m.headers, "Nats-Expected-Last-Subject-Sequence-Subject"),
+            Some("order.1.*")
+        );
         // No duplicate window given: the server's 2 minutes.
-        b.create_stream(stream::Config { name: "BARE".into(), subjects: vec!["bare.>".into()], ..Default::default() })
-            .unwrap();
+        b.create_stream(stream::Config {
+            name: "BARE".into(),
+            subjects: vec!["bare.>".into()],
+            ..Default::default()
+        })
+        .unwrap();
         b.publish("bare.1.x", with_id("z"), Bytes::new()).unwrap();
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(b.publish("bare.1.x", with_id("z"), Bytes::new()).unwrap().duplicate);
+        assert!(
+            b.publish("bare.1.x", with_id("z"), Bytes::new())
+                .unwrap()
+                .duplicate
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn ack_nak_term_progress_and_redelivery() {
         let b = Broker::new();
         b.create_stream(stream("ORDER", &["order.>"])).unwrap();
-        b.put_consumer("ORDER", consumer("c", "order.*.created")).unwrap();
+        b.put_consumer("ORDER", consumer("c", "order.*.created"))
+            .unwrap();
         for i in 1..=3 {
-            b.publish(&format!("order.{i}.created"), HeaderMap::new(), Bytes::new()).unwrap();
+            b.publish(
+                &format!("order.{i}.created"),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .unwrap();
         }
-        b.publish("order.9.shipped", HeaderMap::new(), Bytes::new()).unwrap();
+        b.publish("order.9.shipped", HeaderMap::new(), Bytes::new())
+            .unwrap();
         let d1 = b.next("ORDER", "c").await.unwrap();
         let d2 = b.next("ORDER", "c").await.unwrap();
         let d3 = b.next("ORDER", "c").await.unwrap();
-        assert_eq!([d1.message.sequence, d2.message.sequence, d3.message.sequence], [1, 2, 3]);
+        assert_eq!(
+            [
+                d1.message.sequence,
+                d2.message.sequence,
+                d3.message.sequence
+            ],
+            [1, 2, 3]
+        );
         assert_eq!((d1.delivered, d1.pending), (1, 2));
         b.settle(&d1, Settle::Ack);
         b.settle(&d2, Settle::Term);
@@ -733,12 +967,18 @@ mod tests {
         let start = Instant::now();
         let again = b.next("ORDER", "c").await.unwrap();
         assert_eq!((again.message.sequence, again.delivered), (3, 2));
-        assert!(Instant::now() - start >= Duration::from_secs(5), "nak delay honoured");
+        assert!(
+            Instant::now() - start >= Duration::from_secs(5),
+            "nak delay honoured"
+        );
         // Ack wait: not acked in 30 s → redelivered; in-progress acks keep it.
         tokio::time::advance(Duration::from_secs(20)).await;
         b.settle(&again, Settle::Progress);
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert!(b.try_next("ORDER", "c").unwrap().is_err(), "progress extended the ack wait");
+        assert!(
+            b.try_next("ORDER", "c").unwrap().is_err(),
+            "progress extended the ack wait"
+        );
         let third = b.next("ORDER", "c").await.unwrap();
         assert_eq!(third.delivered, 3);
         // Max deliver 3: no fourth delivery.
@@ -752,9 +992,15 @@ mod tests {
         let b = Broker::new();
         b.create_stream(stream("ORDER", &["order.>"])).unwrap();
         for i in 1..=4 {
-            b.publish(&format!("order.{}.created", i % 2), HeaderMap::new(), Bytes::new()).unwrap();
+            b.publish(
+                &format!("order.{}.created", i % 2),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .unwrap();
         }
-        b.put_consumer("ORDER", consumer("shared", "order.>")).unwrap();
+        b.put_consumer("ORDER", consumer("shared", "order.>"))
+            .unwrap();
         let (x, y) = tokio::join!(b.next("ORDER", "shared"), b.next("ORDER", "shared"));
         assert_ne!(x.unwrap().message.sequence, y.unwrap().message.sequence);
         let mut new = consumer("new", "order.>");
@@ -766,8 +1012,12 @@ mod tests {
         assert_eq!(b.next("ORDER", "last").await.unwrap().message.sequence, 4);
         let mut changed = consumer("last", "order.>");
         changed.deliver_policy = DeliverPolicy::All;
-        assert!(b.put_consumer("ORDER", changed).is_err(), "deliver policy cannot change");
-        b.publish("order.5.created", HeaderMap::new(), Bytes::new()).unwrap();
+        assert!(
+            b.put_consumer("ORDER", changed).is_err(),
+            "deliver policy cannot change"
+        );
+        b.publish("order.5.created", HeaderMap::new(), Bytes::new())
+            .unwrap();
         assert_eq!(b.next("ORDER", "new").await.unwrap().message.sequence, 5);
     }
 }

@@ -19,7 +19,6 @@ use crate::topology::{ConsumerPlan, StreamPlan, Topology};
 /// server (the same, unless an existing stream already covered them).
 pub(crate) type StreamNames = BTreeMap<String, String>;
 
-
 fn storage(s: Storage) -> stream::StorageType {
     match s {
         Storage::File => stream::StorageType::File,
@@ -154,7 +153,11 @@ fn join_problems(what: &str, problems: &[String]) -> String {
 }
 
 /// Brings an existing stream of ours in line with its plan: refuses what may not change.
-async fn reconcile(backend: &Backend, have: &stream::Config, plan: &StreamPlan) -> Result<(), String> {
+async fn reconcile(
+    backend: &Backend,
+    have: &stream::Config,
+    plan: &StreamPlan,
+) -> Result<(), String> {
     let o = &plan.options;
     let mut fixed = Vec::new();
     let want_storage = storage(o.storage.unwrap_or(Storage::File));
@@ -214,8 +217,16 @@ pub(crate) fn consumer_config(plan: &ConsumerPlan, name: &str) -> consumer::pull
         durable_name: plan.durable.then(|| name.to_owned()),
         name: Some(name.to_owned()),
         description: Some(format!("handler `{}` (eventbus)", plan.handler)),
-        filter_subject: if plan.filters.len() == 1 { plan.filters[0].clone() } else { String::new() },
-        filter_subjects: if plan.filters.len() == 1 { Vec::new() } else { plan.filters.clone() },
+        filter_subject: if plan.filters.len() == 1 {
+            plan.filters[0].clone()
+        } else {
+            String::new()
+        },
+        filter_subjects: if plan.filters.len() == 1 {
+            Vec::new()
+        } else {
+            plan.filters.clone()
+        },
         deliver_policy: deliver_policy(&plan.deliver),
         ack_policy: match plan.ack {
             AckPolicy::Explicit => consumer::AckPolicy::Explicit,
@@ -240,11 +251,17 @@ pub(crate) fn consumer_config(plan: &ConsumerPlan, name: &str) -> consumer::pull
 }
 
 /// Creates or updates the durable consumer of a handler.
-pub(crate) async fn consumer(backend: &Backend, stream_name: &str, plan: &ConsumerPlan) -> Result<(), Error> {
+pub(crate) async fn consumer(
+    backend: &Backend,
+    stream_name: &str,
+    plan: &ConsumerPlan,
+) -> Result<(), Error> {
     let want = consumer_config(plan, &plan.name);
     let have = backend.consumer_config(stream_name, &plan.name).await?;
     let Some(have) = have else {
-        backend.put_consumer(stream_name, want.into_consumer_config(), false).await?;
+        backend
+            .put_consumer(stream_name, want.into_consumer_config(), false)
+            .await?;
         tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, filters = %plan.filters.join(","), "created consumer");
         return Ok(());
     };

@@ -43,7 +43,12 @@ pub(crate) async fn publish_acked(
     backend
         .publish_acked(attempts, subject, headers, payload)
         .await
-        .map(|ack| Published { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate, id: id.to_owned() })
+        .map(|ack| Published {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+            id: id.to_owned(),
+        })
         .map_err(|e| publish_error(subject, e))
 }
 
@@ -222,7 +227,11 @@ impl crate::bus::Bus {
             }
             let ack = inner
                 .backend
-                .send(encoded.subject.into_string(), encoded.headers, encoded.payload)
+                .send(
+                    encoded.subject.into_string(),
+                    encoded.headers,
+                    encoded.payload,
+                )
                 .await;
             window.push_back(InFlight {
                 index,

@@ -21,6 +21,9 @@ const EXPIRES: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What a pull brought.
+// One per bus, worker or read, or moved once per event: boxing the large variant would
+// cost an allocation per event for no gain.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum PullEvent {
     /// An event, against one credit.
     Message(jetstream::Message),
@@ -67,7 +70,6 @@ impl NatsPuller {
         })
     }
 
-
     /// Asks the server for up to `n` more events.
     pub(crate) async fn request(&mut self, n: usize) -> Result<(), Error> {
         let body = serde_json::json!({
@@ -79,7 +81,9 @@ impl NatsPuller {
         self.client
             .publish_with_reply(self.subject.clone(), self.sub_subject(), payload)
             .await
-            .map_err(|e| Error::new(ErrorKind::JetStream, "cannot send a pull request").with_source(e))?;
+            .map_err(|e| {
+                Error::new(ErrorKind::JetStream, "cannot send a pull request").with_source(e)
+            })?;
         if self.outstanding == 0 {
             self.last_activity = Instant::now();
         }
@@ -176,11 +180,12 @@ impl NatsPuller {
     }
 }
 
-async fn subscribe(client: &async_nats::Client) -> Result<(async_nats::Subject, Subscriber), Error> {
+async fn subscribe(
+    client: &async_nats::Client,
+) -> Result<(async_nats::Subject, Subscriber), Error> {
     let inbox: async_nats::Subject = client.new_inbox().into();
-    let sub = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| Error::new(ErrorKind::JetStream, "cannot subscribe to a pull inbox").with_source(e))?;
+    let sub = client.subscribe(inbox.clone()).await.map_err(|e| {
+        Error::new(ErrorKind::JetStream, "cannot subscribe to a pull inbox").with_source(e)
+    })?;
     Ok((inbox, sub))
 }

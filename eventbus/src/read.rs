@@ -79,7 +79,11 @@ impl Bus {
 }
 
 /// The stream that stores an aggregate's subjects.
-pub(crate) async fn stream_of(backend: &Backend, aggregate: &str, id: &str) -> Result<String, Error> {
+pub(crate) async fn stream_of(
+    backend: &Backend,
+    aggregate: &str,
+    id: &str,
+) -> Result<String, Error> {
     let probe = format!("{aggregate}.{id}.x");
     backend.stream_by_subject(&probe).await.map_err(|e| {
         Error::new(
@@ -121,8 +125,14 @@ pub(crate) struct Opened {
 }
 
 /// How an opened stream is read.
+// One per bus, worker or read, or moved once per event: boxing the large variant would
+// cost an allocation per event for no gain.
+#[allow(clippy::large_enum_variant)]
 enum Access {
-    Nats { stream: jetstream::stream::Stream, client: async_nats::Client },
+    Nats {
+        stream: jetstream::stream::Stream,
+        client: async_nats::Client,
+    },
     Memory(crate::memory::Broker),
 }
 
@@ -131,9 +141,12 @@ pub(crate) async fn open(inner: &crate::bus::Inner, name: &str) -> Result<Opened
     let js = match &inner.backend {
         Backend::Nats(js) => js,
         Backend::Memory(b) => {
-            let (first, last) = b
-                .stream_range(name)
-                .ok_or_else(|| Error::new(ErrorKind::Read, format!("cannot open stream `{name}`: it does not exist")))?;
+            let (first, last) = b.stream_range(name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Read,
+                    format!("cannot open stream `{name}`: it does not exist"),
+                )
+            })?;
             return Ok(Opened {
                 how: Access::Memory(b.clone()),
                 name: name.to_owned(),
@@ -155,7 +168,10 @@ pub(crate) async fn open(inner: &crate::bus::Inner, name: &str) -> Result<Opened
     let batched = info.config.allow_direct && inner.server_version >= BATCH_GET_MIN_SERVER_VERSION;
     let replicated = info.config.num_replicas > 1;
     Ok(Opened {
-        how: Access::Nats { stream: s, client: js.client() },
+        how: Access::Nats {
+            stream: s,
+            client: js.client(),
+        },
         name: name.to_owned(),
         first: first.max(1),
         last,
@@ -267,13 +283,10 @@ impl Scan {
         };
         if self.inbox.is_none() {
             let inbox = client.new_inbox();
-            let sub = client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| {
-                    self.read_error("cannot subscribe to an inbox".to_owned())
-                        .with_source(e)
-                })?;
+            let sub = client.subscribe(inbox.clone()).await.map_err(|e| {
+                self.read_error("cannot subscribe to an inbox".to_owned())
+                    .with_source(e)
+            })?;
             self.inbox = Some((inbox, sub));
         }
         let request =

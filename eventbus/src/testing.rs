@@ -162,7 +162,11 @@ impl TestBus {
     }
 
     fn recorder(&self) -> &Arc<Recorder> {
-        self.bus.inner.recorder.as_ref().expect("a test bus records")
+        self.bus
+            .inner
+            .recorder
+            .as_ref()
+            .expect("a test bus records")
     }
 
     /// Waits until every published event has been handled to the end: nothing left to
@@ -171,7 +175,9 @@ impl TestBus {
     pub async fn wait_idle(&self) {
         let broker = match &self.bus.inner.backend {
             crate::backend::Backend::Memory(b) => b.clone(),
-            crate::backend::Backend::Nats(_) => unreachable!("a test bus runs on the in-process broker"),
+            crate::backend::Backend::Nats(_) => {
+                unreachable!("a test bus runs on the in-process broker")
+            }
         };
         let recorder = self.recorder().clone();
         loop {
@@ -197,12 +203,19 @@ impl TestBus {
 
     /// Every delivery to every handler so far, in the order they were settled.
     pub fn all_handled(&self) -> Vec<Handled> {
-        self.recorder().records.lock().expect("records lock").clone()
+        self.recorder()
+            .records
+            .lock()
+            .expect("records lock")
+            .clone()
     }
 
     /// The deliveries to one handler so far.
     pub fn handled(&self, handler: &str) -> Vec<Handled> {
-        self.all_handled().into_iter().filter(|h| h.handler == handler).collect()
+        self.all_handled()
+            .into_iter()
+            .filter(|h| h.handler == handler)
+            .collect()
     }
 
     /// How many deliveries of each handler ended in each kind of outcome.

@@ -106,10 +106,17 @@ pub struct Topology {
 
 /// The filter subjects of a handler's consumer (see [`ConsumerPlan::filters`]).
 fn consumer_filters(h: &HandlerRegistration) -> Vec<String> {
-    let mut patterns: Vec<String> = h.events.iter().map(|e| e.subject_pattern.to_owned()).collect();
+    let mut patterns: Vec<String> = h
+        .events
+        .iter()
+        .map(|e| e.subject_pattern.to_owned())
+        .collect();
     patterns.sort();
     patterns.dedup();
-    if !h.subject_given && patterns.len() > 1 && patterns.iter().all(|p| filter_covers(h.subject, p)) {
+    if !h.subject_given
+        && patterns.len() > 1
+        && patterns.iter().all(|p| filter_covers(h.subject, p))
+    {
         patterns
     } else {
         vec![h.subject.to_owned()]

@@ -416,7 +416,13 @@ async fn an_oversize_event_is_an_error_and_the_connection_lives_on() {
         .await
         .unwrap();
     let probe = Probe::new(&server).await;
-    assert_eq!(bus.nats_client().expect("a NATS bus").server_info().max_payload, 4096);
+    assert_eq!(
+        bus.nats_client()
+            .expect("a NATS bus")
+            .server_info()
+            .max_payload,
+        4096
+    );
 
     let far_above = BigNoted {
         id: "b-1".into(),

@@ -22,7 +22,10 @@ async fn weigh_parcel(event: ParcelSent, ctx: EventContext) -> Result<(), Handle
         return Err(HandlerError::permanent("a parcel that weighs nothing"));
     }
     if ctx.attempt() < 3 {
-        return Err(HandlerError::transient(format!("scale busy (attempt {})", ctx.attempt())));
+        return Err(HandlerError::transient(format!(
+            "scale busy (attempt {})",
+            ctx.attempt()
+        )));
     }
     Ok(())
 }
@@ -32,26 +35,63 @@ async fn retries_an_hour_apart_take_no_real_time() {
     let real = std::time::Instant::now();
     let started = tokio::time::Instant::now();
     let bus = TestBus::start(["weigh_parcel"]).await.expect("test bus");
-    bus.publish(&ParcelSent { parcel_id: "p1".into(), grams: 500 }).await.expect("publish");
-    bus.publish(&ParcelSent { parcel_id: "p2".into(), grams: 0 }).await.expect("publish");
+    bus.publish(&ParcelSent {
+        parcel_id: "p1".into(),
+        grams: 500,
+    })
+    .await
+    .expect("publish");
+    bus.publish(&ParcelSent {
+        parcel_id: "p2".into(),
+        grams: 0,
+    })
+    .await
+    .expect("publish");
     bus.wait_idle().await;
 
-    let p1: Vec<_> = bus.handled("weigh_parcel").into_iter().filter(|h| h.aggregate_id == "p1").collect();
+    let p1: Vec<_> = bus
+        .handled("weigh_parcel")
+        .into_iter()
+        .filter(|h| h.aggregate_id == "p1")
+        .collect();
     let outcomes: Vec<_> = p1.iter().map(|h| (h.attempt, h.outcome.clone())).collect();
     assert_eq!(
         outcomes,
         vec![
-            (1, Outcome::Retried { error: "scale busy (attempt 1)".into() }),
-            (2, Outcome::Retried { error: "scale busy (attempt 2)".into() }),
+            (
+                1,
+                Outcome::Retried {
+                    error: "scale busy (attempt 1)".into()
+                }
+            ),
+            (
+                2,
+                Outcome::Retried {
+                    error: "scale busy (attempt 2)".into()
+                }
+            ),
             (3, Outcome::Acked),
         ]
     );
-    assert!(tokio::time::Instant::now() - started >= Duration::from_secs(3 * 3600), "backoff 1h then 2h elapsed on the paused clock");
-    assert!(real.elapsed() < Duration::from_secs(10), "and took no real time: {:?}", real.elapsed());
+    assert!(
+        tokio::time::Instant::now() - started >= Duration::from_secs(3 * 3600),
+        "backoff 1h then 2h elapsed on the paused clock"
+    );
+    assert!(
+        real.elapsed() < Duration::from_secs(10),
+        "and took no real time: {:?}",
+        real.elapsed()
+    );
 
-    let p2: Vec<_> = bus.handled("weigh_parcel").into_iter().filter(|h| h.aggregate_id == "p2").collect();
+    let p2: Vec<_> = bus
+        .handled("weigh_parcel")
+        .into_iter()
+        .filter(|h| h.aggregate_id == "p2")
+        .collect();
     assert_eq!(p2.len(), 1, "a permanent error is not retried: {p2:?}");
-    assert!(matches!(&p2[0].outcome, Outcome::DeadLettered { reason, .. } if reason == "permanent"));
+    assert!(
+        matches!(&p2[0].outcome, Outcome::DeadLettered { reason, .. } if reason == "permanent")
+    );
     let dead = bus.dead_letters(None).await.expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].original_subject, "tst_parcel.p2.sent");
@@ -72,9 +112,18 @@ async fn slow_audit(_event: ParcelSent) -> Result<(), HandlerError> {
 #[tokio::test(start_paused = true)]
 async fn a_long_handler_keeps_its_event_with_in_progress_acks() {
     let bus = TestBus::start(["slow_audit"]).await.expect("test bus");
-    bus.publish(&ParcelSent { parcel_id: "p9".into(), grams: 1 }).await.expect("publish");
+    bus.publish(&ParcelSent {
+        parcel_id: "p9".into(),
+        grams: 1,
+    })
+    .await
+    .expect("publish");
     bus.wait_idle().await;
-    assert_eq!(SLOW_CALLS.load(Ordering::SeqCst), 1, "not redelivered while it ran");
+    assert_eq!(
+        SLOW_CALLS.load(Ordering::SeqCst),
+        1,
+        "not redelivered while it ran"
+    );
     let handled = bus.handled("slow_audit");
     assert_eq!(handled.len(), 1);
     assert_eq!(handled[0].outcome, Outcome::Acked);
@@ -83,18 +132,49 @@ async fn a_long_handler_keeps_its_event_with_in_progress_acks() {
 
 #[tokio::test(start_paused = true)]
 async fn a_test_bus_reads_an_aggregate_and_drops_duplicates() {
-    let bus = TestBus::start(Vec::<String>::new()).await.expect("test bus");
+    let bus = TestBus::start(Vec::<String>::new())
+        .await
+        .expect("test bus");
     for grams in [1, 2, 3] {
-        bus.publish(&ParcelSent { parcel_id: "r1".into(), grams }).await.expect("publish");
+        bus.publish(&ParcelSent {
+            parcel_id: "r1".into(),
+            grams,
+        })
+        .await
+        .expect("publish");
     }
-    let options = eventbus::PublishOptions { id: Some("same-id".into()), ..Default::default() };
-    let first = bus.publish_with(&ParcelSent { parcel_id: "r1".into(), grams: 4 }, options.clone()).await.expect("publish");
-    let again = bus.publish_with(&ParcelSent { parcel_id: "r1".into(), grams: 4 }, options).await.expect("publish");
+    let options = eventbus::PublishOptions {
+        id: Some("same-id".into()),
+        ..Default::default()
+    };
+    let first = bus
+        .publish_with(
+            &ParcelSent {
+                parcel_id: "r1".into(),
+                grams: 4,
+            },
+            options.clone(),
+        )
+        .await
+        .expect("publish");
+    let again = bus
+        .publish_with(
+            &ParcelSent {
+                parcel_id: "r1".into(),
+                grams: 4,
+            },
+            options,
+        )
+        .await
+        .expect("publish");
     assert!(!first.duplicate && again.duplicate);
     assert_eq!(again.sequence, first.sequence);
     let events = bus.read::<ParcelSent>("r1").collect().await.expect("read");
     let grams: Vec<u64> = events.iter().map(|r| r.event.grams).collect();
     assert_eq!(grams, [1, 2, 3, 4]);
-    assert_eq!(events.iter().map(|r| r.version).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        events.iter().map(|r| r.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     bus.shutdown().await.expect("shutdown");
 }

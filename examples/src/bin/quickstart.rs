@@ -38,7 +38,10 @@ async fn bill_order(event: OrderCreated, ctx: EventContext) -> Result<(), Handle
         total_cents: event.total_cents,
     };
     ctx.publish(&invoice).await?;
-    println!("billed order {} ({} cents)", event.order_id, event.total_cents);
+    println!(
+        "billed order {} ({} cents)",
+        event.order_id, event.total_cents
+    );
     Ok(())
 }
 
@@ -63,13 +66,22 @@ async fn send_invoice(event: InvoiceIssued, ctx: EventContext) -> Result<(), Han
 async fn main() -> Result<(), eventbus::Error> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,eventbus=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,eventbus=info".into()),
         )
         .init();
     let bus = eventbus::builder().service("quickstart").start().await?;
     for (id, total) in [("1001", 2500), ("1002", 990), ("1003", 12000)] {
-        let stored = bus.publish(&OrderCreated { order_id: id.into(), total_cents: total }).await?;
-        println!("published order {id} as {}#{}", stored.stream, stored.sequence);
+        let stored = bus
+            .publish(&OrderCreated {
+                order_id: id.into(),
+                total_cents: total,
+            })
+            .await?;
+        println!(
+            "published order {id} as {}#{}",
+            stored.stream, stored.sequence
+        );
     }
     ALL_SENT.notified().await;
     bus.shutdown().await?;

@@ -52,7 +52,17 @@ async fn raw_round(js: &jetstream::Context, name: &str, n: usize) -> Duration {
         })
         .await
         .expect("consumer");
-    let mut messages = c.stream().max_messages_per_batch(std::env::var("RAW_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(256)).messages().await.expect("messages");
+    let mut messages = c
+        .stream()
+        .max_messages_per_batch(
+            std::env::var("RAW_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
+        )
+        .messages()
+        .await
+        .expect("messages");
     let mut count = 0;
     while let Some(m) = messages.next().await {
         let m = m.expect("message");
@@ -77,7 +87,13 @@ async fn eventbus_round(url: &str, name: &str, n: usize) -> Duration {
         .url(url)
         .service("bench")
         .only_handlers(["bench_tick"])
-        .handler("bench_tick", ConsumerOptions { durable_name: Some(name.to_owned().into()), ..Default::default() })
+        .handler(
+            "bench_tick",
+            ConsumerOptions {
+                durable_name: Some(name.to_owned().into()),
+                ..Default::default()
+            },
+        )
         .start()
         .await
         .expect("bus");
@@ -90,7 +106,10 @@ async fn eventbus_round(url: &str, name: &str, n: usize) -> Duration {
 /// CPU time (user + system) a process used so far, from `/proc/{pid}/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
     let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
     Duration::from_millis(ticks * 10)
@@ -99,20 +118,44 @@ fn cpu_time(pid: u32) -> Duration {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let n: usize = args.next().map(|a| a.parse().expect("events")).unwrap_or(100_000);
+    let n: usize = args
+        .next()
+        .map(|a| a.parse().expect("events"))
+        .unwrap_or(100_000);
     let rounds: usize = args.next().map(|a| a.parse().expect("rounds")).unwrap_or(3);
     let server = NatsServer::start().await;
     let url = server.url();
 
     // Provision through eventbus, then publish the backlog pipelined, with eventbus's headers.
-    let publisher = eventbus::builder().no_env().url(&url).service("bench").without_handlers().start().await.expect("bus");
+    let publisher = eventbus::builder()
+        .no_env()
+        .url(&url)
+        .service("bench")
+        .without_handlers()
+        .start()
+        .await
+        .expect("bus");
     let js = publisher.jetstream().expect("a NATS bus").clone();
     let mut pending = Vec::with_capacity(1000);
     for i in 0..n {
-        let e = Tick { id: format!("a{}", i % 1000), n: i as u64, note: "x".repeat(64) };
-        let enc = eventbus::envelope::encode(&e, &eventbus::envelope::EncodeOptions { source: "bench", ..Default::default() })
-            .expect("encode");
-        pending.push(js.publish_with_headers(enc.subject.into_string(), enc.headers, enc.payload).await.expect("publish"));
+        let e = Tick {
+            id: format!("a{}", i % 1000),
+            n: i as u64,
+            note: "x".repeat(64),
+        };
+        let enc = eventbus::envelope::encode(
+            &e,
+            &eventbus::envelope::EncodeOptions {
+                source: "bench",
+                ..Default::default()
+            },
+        )
+        .expect("encode");
+        pending.push(
+            js.publish_with_headers(enc.subject.into_string(), enc.headers, enc.payload)
+                .await
+                .expect("publish"),
+        );
         if pending.len() == 1000 {
             for p in pending.drain(..) {
                 p.await.expect("ack");
@@ -122,7 +165,10 @@ async fn main() {
     for p in pending.drain(..) {
         p.await.expect("ack");
     }
-    println!("backlog: {n} events on nats-server {}", publisher.server_version().0);
+    println!(
+        "backlog: {n} events on nats-server {}",
+        publisher.server_version().0
+    );
 
     let mut ratios = Vec::new();
     for r in 1..=rounds {
@@ -148,6 +194,9 @@ async fn main() {
         ratios.push(ratio);
     }
     ratios.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    println!("median ratio (raw time / eventbus time): {:.3}", ratios[ratios.len() / 2]);
+    println!(
+        "median ratio (raw time / eventbus time): {:.3}",
+        ratios[ratios.len() / 2]
+    );
     publisher.shutdown().await.expect("shutdown");
 }
