@@ -1,8 +1,10 @@
 //! Benchmark: consuming a backlog through eventbus's dispatch against raw async-nats, on the
 //! same server in the same run.
 //!
-//! Run: `cargo run --release -p eventbus-tests --bin bench_dispatch -- [events] [rounds]`
-//! (defaults: 100000 events, 3 rounds). It starts its own nats-server (see the harness),
+//! Run: `cargo run --release -p eventbus-tests --bin bench_dispatch -- [events] [rounds] [concurrency]`
+//! (defaults: 100000 events, 3 rounds, the handler's concurrency 512: events are pulled only for
+//! free handler slots, so concurrency is the depth of the pipeline; raw async-nats keeps 256
+//! to 384 events requested). It starts its own nats-server (see the harness),
 //! publishes the backlog once, then alternates, per round, a raw consumer (pull, decode the
 //! JSON body, ack: the least any consumer does) and an eventbus handler that does nothing,
 //! each on a fresh durable consumer reading the whole backlog. It prints each round's times and
@@ -31,7 +33,7 @@ static HANDLED: AtomicUsize = AtomicUsize::new(0);
 static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 static DONE: Notify = Notify::const_new();
 
-#[event_handler(concurrency = 512)]
+#[event_handler]
 async fn bench_tick(event: Tick) -> Result<(), HandlerError> {
     std::hint::black_box(&event);
     if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
@@ -78,7 +80,7 @@ async fn raw_round(js: &jetstream::Context, name: &str, n: usize) -> Duration {
     started.elapsed()
 }
 
-async fn eventbus_round(url: &str, name: &str, n: usize) -> Duration {
+async fn eventbus_round(url: &str, name: &str, n: usize, concurrency: usize) -> Duration {
     HANDLED.store(0, Ordering::SeqCst);
     TARGET.store(n, Ordering::SeqCst);
     let started = Instant::now();
@@ -91,6 +93,7 @@ async fn eventbus_round(url: &str, name: &str, n: usize) -> Duration {
             "bench_tick",
             ConsumerOptions {
                 durable_name: Some(name.to_owned().into()),
+                concurrency: Some(concurrency),
                 ..Default::default()
             },
         )
@@ -123,6 +126,7 @@ async fn main() {
         .map(|a| a.parse().expect("events"))
         .unwrap_or(100_000);
     let rounds: usize = args.next().map(|a| a.parse().expect("rounds")).unwrap_or(3);
+    let concurrency: usize = args.next().map(|a| a.parse().expect("concurrency")).unwrap_or(512);
     let server = NatsServer::start().await;
     let url = server.url();
 
@@ -176,7 +180,7 @@ async fn main() {
         let (s0, c0) = (cpu_time(pid), cpu_time(std::process::id()));
         let raw = raw_round(&js, &format!("raw-{r}"), n).await;
         let (s1, c1) = (cpu_time(pid), cpu_time(std::process::id()));
-        let eb = eventbus_round(&url, &format!("eventbus-{r}"), n).await;
+        let eb = eventbus_round(&url, &format!("eventbus-{r}"), n, concurrency).await;
         let (s2, c2) = (cpu_time(pid), cpu_time(std::process::id()));
         println!(
             "round {r}: cpu µs/event: raw server {:.1} client {:.1}; eventbus server {:.1} client {:.1}",
