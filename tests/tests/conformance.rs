@@ -7,9 +7,10 @@
 //! ack, retry after the backoff delay, dead letters (permanent, max deliver, undecodable,
 //! unknown event type; listed and republished), the subjects of an event-set handler, caught
 //! panics, in-progress acks, bounded concurrency, per-aggregate order, a durable consumer
-//! shared by two instances, deliver policy `new`, publish dedup, `publish_all`, `append` with
-//! an expected version, reads, causation through `ctx.publish`, and JetStream's own publish
-//! headers (expected sequences before the duplicate window).
+//! shared by two instances, an ephemeral one per instance (broadcast), `ack = "none"`, deliver
+//! policy `new`, publish dedup, `publish_all`, `append` with an expected version, reads,
+//! causation through `ctx.publish`, and JetStream's own publish headers (expected sequences
+//! before the duplicate window).
 //!
 //! Handlers record what they saw in [`CALLS`], keyed by aggregate ids that start with the
 //! run's own prefix ([`Run`]), so the two instances of a scenario (and scenarios running at
@@ -82,6 +83,8 @@ conformance!(republish_dead_letters, scenario_republish_dead_letters);
 conformance!(causation, scenario_causation);
 conformance!(deliver_new, scenario_deliver_new);
 conformance!(publish_headers, scenario_publish_headers);
+conformance!(broadcast, scenario_broadcast);
+conformance!(ack_none, scenario_ack_none);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -1843,5 +1846,123 @@ async fn scenario_publish_headers(url: &str) {
         .await
         .expect_err("no stream stores it");
     assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    bus.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 21. `durable = false`: a consumer of its own per instance, so every instance gets every event
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "cf_bcast", name = "invalidated")]
+struct BcastInvalidated {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[event_handler(durable = false)]
+async fn cf_bcast(event: BcastInvalidated, ctx: EventContext) -> Result<(), HandlerError> {
+    note("cf_bcast", &event.id, 0, &ctx, true);
+    Ok(())
+}
+
+async fn scenario_broadcast(url: &str) {
+    let run = Run::new();
+    let publisher = start(url, &[]).await;
+    let (a, b) = tokio::join!(
+        Instance::start("cf-instance-a", url, &["cf_bcast"]),
+        Instance::start("cf-instance-b", url, &["cf_bcast"]),
+    );
+    let ids: Vec<String> = (0..3).map(|i| run.id(&format!("k{i}"))).collect();
+    for id in &ids {
+        publisher
+            .publish(&BcastInvalidated { id: id.clone() })
+            .await
+            .unwrap();
+    }
+    wait_until(TIMEOUT, "both instances handled all three", || async {
+        run.calls("cf_bcast").len() >= 6
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+
+    let mut per_instance: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in run.calls("cf_bcast") {
+        per_instance
+            .entry(c.thread.unwrap_or_default())
+            .or_default()
+            .push(c.id);
+    }
+    for handled in per_instance.values_mut() {
+        handled.sort();
+    }
+    assert_eq!(
+        per_instance,
+        BTreeMap::from([
+            ("cf-instance-a".to_owned(), ids.clone()),
+            ("cf-instance-b".to_owned(), ids.clone()),
+        ]),
+        "each instance handled each event once"
+    );
+    publisher.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 22. `ack = "none"`: a failed event is neither retried nor dead-lettered
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "cf_lossy", name = "viewed")]
+struct LossyViewed {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+// One at a time, in stream order: once the marker is handled, the failed event is past.
+#[event_handler(ack = "none", concurrency = 1)]
+async fn cf_lossy(event: LossyViewed, ctx: EventContext) -> Result<(), HandlerError> {
+    let ok = !event.id.ends_with("-f1");
+    note("cf_lossy", &event.id, 0, &ctx, ok);
+    if !ok {
+        return Err(HandlerError::transient("projection store is down"));
+    }
+    Ok(())
+}
+
+async fn scenario_ack_none(url: &str) {
+    let run = Run::new();
+    let bus = start(url, &["cf_lossy"]).await;
+
+    bus.publish(&LossyViewed { id: run.id("f1") })
+        .await
+        .unwrap();
+    wait_until(TIMEOUT, "f1 is tried", || async {
+        !run.calls_of("cf_lossy", "f1").is_empty()
+    })
+    .await;
+    bus.publish(&LossyViewed {
+        id: run.id("marker"),
+    })
+    .await
+    .unwrap();
+    wait_handled(&run, "cf_lossy", "marker").await;
+
+    let calls: Vec<(String, u64, bool)> = run
+        .calls("cf_lossy")
+        .into_iter()
+        .map(|c| (c.id, c.attempt, c.ok))
+        .collect();
+    assert_eq!(
+        calls,
+        [(run.id("f1"), 1, false), (run.id("marker"), 1, true)],
+        "the failed event is not retried"
+    );
+    // Nor dead-lettered: a bus whose handlers all have `ack = "none"` has no dead-letter
+    // stream at all.
+    match bus.dead_letters(None).await {
+        Ok(all) => assert!(all.is_empty(), "{all:?}"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Read, "{e:?}"),
+    }
     bus.shutdown().await.unwrap();
 }
