@@ -126,7 +126,10 @@ async fn main() {
         .map(|a| a.parse().expect("events"))
         .unwrap_or(100_000);
     let rounds: usize = args.next().map(|a| a.parse().expect("rounds")).unwrap_or(3);
-    let concurrency: usize = args.next().map(|a| a.parse().expect("concurrency")).unwrap_or(512);
+    let concurrency: usize = args
+        .next()
+        .map(|a| a.parse().expect("concurrency"))
+        .unwrap_or(512);
     let server = NatsServer::start().await;
     let url = server.url();
 
