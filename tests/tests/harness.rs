@@ -199,17 +199,3 @@ async fn starting_a_missing_binary_panics_with_the_instruction() {
         .start()
         .await;
 }
-
-/// Against Debian's 2.9.10 (`scripts/install-nats-server.sh --old` prints its path). Run with
-/// `NATS_SERVER_OLD_BIN=/usr/sbin/nats-server cargo nextest run -p eventbus-tests --run-ignored all`.
-#[tokio::test]
-#[ignore = "needs NATS_SERVER_OLD_BIN, see scripts/install-nats-server.sh --old"]
-async fn an_old_server_runs_when_asked_for_explicitly() {
-    let bin = std::env::var_os("NATS_SERVER_OLD_BIN").expect(
-        "set NATS_SERVER_OLD_BIN to the path `scripts/install-nats-server.sh --old` prints",
-    );
-    let server = NatsServer::builder().binary(bin).start().await;
-    assert!(server.version() < MIN_VERSION, "{:?}", server.version());
-    let js = jetstream::new(server.connect().await);
-    js.create_stream(orders_stream(1)).await.unwrap();
-}
