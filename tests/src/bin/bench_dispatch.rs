@@ -2,7 +2,7 @@
 //! same server in the same run.
 //!
 //! Run: `cargo run --release -p eventbus-tests --bin bench_dispatch -- [events] [rounds] [concurrency]`
-//! (defaults: 100000 events, 3 rounds, the handler's concurrency 512: events are pulled only for
+//! (defaults: 100000 events, 3 rounds, the handler's concurrency 1024: events are pulled only for
 //! free handler slots, so concurrency is the depth of the pipeline; raw async-nats keeps 256
 //! to 384 events requested). It starts its own nats-server (see the harness),
 //! publishes the backlog once, then alternates, per round, a raw consumer (pull, decode the
@@ -129,7 +129,7 @@ async fn main() {
     let concurrency: usize = args
         .next()
         .map(|a| a.parse().expect("concurrency"))
-        .unwrap_or(512);
+        .unwrap_or(1024);
     let server = NatsServer::start().await;
     let url = server.url();
 
