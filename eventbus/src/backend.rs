@@ -176,10 +176,11 @@ impl Incoming {
         }
     }
 
-    pub(crate) fn headers(&self) -> Option<&HeaderMap> {
+    /// Takes the headers out (for the event's metadata, without a copy).
+    pub(crate) fn take_headers(&mut self) -> HeaderMap {
         match self {
-            Incoming::Nats(m) => m.headers.as_ref(),
-            Incoming::Memory(_, d) => Some(&d.message.headers),
+            Incoming::Nats(m) => m.message.headers.take().unwrap_or_default(),
+            Incoming::Memory(_, d) => std::mem::take(&mut d.message.headers),
         }
     }
 

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use async_nats::HeaderMap;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -16,12 +15,13 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, Incoming, Pulled, Puller};
 use crate::bus::Bus;
-use crate::envelope::Metadata;
+use crate::envelope::{headers_without, Metadata};
 use crate::error::{Error, ErrorKind};
 use crate::handler::{Delivery, EventContext, HandlerError};
 use crate::registry::AckPolicy;
 use crate::testing::{Handled, Outcome as Recorded, Recorder};
 use crate::topology::ConsumerPlan;
+use async_nats::HeaderMap;
 
 /// Header names of a dead letter.
 pub mod dlq_headers {
@@ -293,7 +293,14 @@ async fn handle(w: &Worker, msg: Incoming) {
     }
 }
 
-fn record(w: &Worker, msg: &Incoming, seq: u64, attempt: u64, outcome: Recorded) {
+fn record(
+    w: &Worker,
+    msg: &Incoming,
+    headers: &HeaderMap,
+    seq: u64,
+    attempt: u64,
+    outcome: Recorded,
+) {
     let Some(r) = &w.recorder else { return };
     let subject = msg.subject().to_owned();
     let aggregate_id = crate::subject::split_event_subject(&subject)
@@ -301,9 +308,8 @@ fn record(w: &Worker, msg: &Incoming, seq: u64, attempt: u64, outcome: Recorded)
         .unwrap_or_default();
     r.record(Handled {
         handler: w.plan.handler.clone(),
-        event_id: msg
-            .headers()
-            .and_then(|h| h.get(crate::envelope::headers::ID))
+        event_id: headers
+            .get(crate::envelope::headers::ID)
             .map(|v| v.as_str().to_owned()),
         subject,
         aggregate_id,
@@ -313,7 +319,7 @@ fn record(w: &Worker, msg: &Incoming, seq: u64, attempt: u64, outcome: Recorded)
     });
 }
 
-async fn handle_inner(w: &Worker, msg: Incoming) {
+async fn handle_inner(w: &Worker, mut msg: Incoming) {
     let plan = &w.plan;
     let (stream_sequence, delivered, pending) = match msg.info() {
         Ok(i) => (i.stream_sequence, i.delivered, i.pending),
@@ -332,15 +338,19 @@ async fn handle_inner(w: &Worker, msg: Incoming) {
     );
     async move {
         let explicit = plan.ack == AckPolicy::Explicit;
-        let meta = match Metadata::from_message(msg.subject(), msg.headers()) {
+        // The headers move into the metadata: no copy per event.
+        let headers = msg.take_headers();
+        let meta = match Metadata::from_owned(msg.subject(), headers) {
             Ok(mut m) => {
                 if m.id.is_empty() {
                     m.id = format!("{}:{stream_sequence}", w.stream);
                 }
                 Arc::new(m)
             }
-            Err(e) => {
-                settle(w, &msg, stream_sequence, delivered, Outcome::Dead(DeadReason::Undecodable, crate::error::chain(&e))).await;
+            Err(failed) => {
+                let (e, headers) = *failed;
+                let dead = Outcome::Dead(DeadReason::Undecodable, crate::error::chain(&e));
+                settle(w, &msg, &headers, stream_sequence, delivered, dead).await;
                 return;
             }
         };
@@ -349,7 +359,7 @@ async fn handle_inner(w: &Worker, msg: Incoming) {
                 "delivered {delivered} times, more than max_deliver {}: the last attempt did not finish",
                 plan.max_deliver
             );
-            settle(w, &msg, stream_sequence, delivered, Outcome::Dead(DeadReason::MaxDeliver, why)).await;
+            settle(w, &msg, &meta.headers, stream_sequence, delivered, Outcome::Dead(DeadReason::MaxDeliver, why)).await;
             return;
         }
         let mut attempt = delivered;
@@ -371,12 +381,12 @@ async fn handle_inner(w: &Worker, msg: Incoming) {
                     // Ordered: retry in place so later events of the aggregate wait.
                     let delay = plan.retry_delay(attempt);
                     tracing::warn!(target: "eventbus::dispatch", error = %e, attempt, ?delay, "handler failed; retrying in order");
-                    record(w, &msg, stream_sequence, attempt, Recorded::Retried { error: e.to_string() });
+                    record(w, &msg, &meta.headers, stream_sequence, attempt, Recorded::Retried { error: e.to_string() });
                     keep_while(&msg, plan.ack_wait, tokio::time::sleep(delay)).await;
                     attempt += 1;
                 }
                 other => {
-                    settle(w, &msg, stream_sequence, attempt, other).await;
+                    settle(w, &msg, &meta.headers, stream_sequence, attempt, other).await;
                     return;
                 }
             }
@@ -456,72 +466,94 @@ async fn keep_while<F: std::future::Future>(
     }
 }
 
-async fn settle(w: &Worker, msg: &Incoming, seq: u64, delivered: u64, outcome: Outcome) {
-    let plan = &w.plan;
+/// What becomes of an event once its handler is done with it.
+enum Action {
+    Ack,
+    Retry {
+        delay: Duration,
+        error: String,
+    },
+    DeadLetter {
+        reason: DeadReason,
+        error: String,
+    },
+    /// `ack = none`: nothing is settled.
+    Leave {
+        failure: Option<String>,
+    },
+}
+
+/// Decides, once, what becomes of an event after its `delivered`-th delivery.
+fn decide(plan: &ConsumerPlan, delivered: u64, outcome: Outcome) -> Action {
+    let failure = match outcome {
+        Outcome::Handled if plan.ack == AckPolicy::None => return Action::Leave { failure: None },
+        Outcome::Handled => return Action::Ack,
+        Outcome::Failed(e) => (e.is_permanent(), e.to_string()),
+        Outcome::Dead(reason, error) if plan.ack != AckPolicy::None => {
+            return Action::DeadLetter { reason, error }
+        }
+        Outcome::Dead(_, error) => {
+            return Action::Leave {
+                failure: Some(error),
+            }
+        }
+    };
+    match failure {
+        (_, error) if plan.ack == AckPolicy::None => Action::Leave {
+            failure: Some(error),
+        },
+        (true, error) => Action::DeadLetter {
+            reason: DeadReason::Permanent,
+            error,
+        },
+        (false, error) if delivered as i64 >= plan.max_deliver => Action::DeadLetter {
+            reason: DeadReason::MaxDeliver,
+            error,
+        },
+        (false, error) => Action::Retry {
+            delay: plan.retry_delay(delivered),
+            error,
+        },
+    }
+}
+
+async fn settle(
+    w: &Worker,
+    msg: &Incoming,
+    headers: &HeaderMap,
+    seq: u64,
+    delivered: u64,
+    outcome: Outcome,
+) {
+    let action = decide(&w.plan, delivered, outcome);
     if w.recorder.is_some() {
-        let r = match &outcome {
-            _ if plan.ack == AckPolicy::None => Recorded::Unacknowledged,
-            Outcome::Handled => Recorded::Acked,
-            Outcome::Failed(e) if e.is_permanent() => Recorded::DeadLettered {
-                reason: DeadReason::Permanent.as_str().to_owned(),
-                error: e.to_string(),
+        let recorded = match &action {
+            Action::Ack => Recorded::Acked,
+            Action::Retry { error, .. } => Recorded::Retried {
+                error: error.clone(),
             },
-            Outcome::Failed(e) if delivered as i64 >= plan.max_deliver => Recorded::DeadLettered {
-                reason: DeadReason::MaxDeliver.as_str().to_owned(),
-                error: e.to_string(),
-            },
-            Outcome::Failed(e) => Recorded::Retried {
-                error: e.to_string(),
-            },
-            Outcome::Dead(reason, error) => Recorded::DeadLettered {
+            Action::DeadLetter { reason, error } => Recorded::DeadLettered {
                 reason: reason.as_str().to_owned(),
                 error: error.clone(),
             },
+            Action::Leave { .. } => Recorded::Unacknowledged,
         };
-        record(w, msg, seq, delivered, r);
+        record(w, msg, headers, seq, delivered, recorded);
     }
-    if plan.ack == AckPolicy::None {
-        if let Outcome::Failed(e) = &outcome {
-            tracing::warn!(target: "eventbus::dispatch", error = %e, "handler failed; ack = none, so the event is not retried");
-        }
-        if let Outcome::Dead(r, e) = &outcome {
-            tracing::warn!(target: "eventbus::dispatch", reason = r.as_str(), error = %e, "event cannot be handled; ack = none, so it is dropped");
-        }
-        return;
-    }
-    let result = match outcome {
-        Outcome::Handled => msg.settle(AckKind::Ack).await,
-        Outcome::Failed(e) if e.is_permanent() => {
-            dead_letter(
-                w,
-                msg,
-                seq,
-                delivered,
-                DeadReason::Permanent,
-                &e.to_string(),
-            )
-            .await;
-            return;
-        }
-        Outcome::Failed(e) if delivered as i64 >= plan.max_deliver => {
-            dead_letter(
-                w,
-                msg,
-                seq,
-                delivered,
-                DeadReason::MaxDeliver,
-                &e.to_string(),
-            )
-            .await;
-            return;
-        }
-        Outcome::Failed(e) => {
-            let delay = plan.retry_delay(delivered);
-            tracing::warn!(target: "eventbus::dispatch", error = %e, ?delay, "handler failed; retrying after a delay");
+    let result = match action {
+        Action::Ack => msg.settle(AckKind::Ack).await,
+        Action::Retry { delay, error } => {
+            tracing::warn!(target: "eventbus::dispatch", %error, ?delay, "handler failed; retrying after a delay");
             msg.settle(AckKind::Nak(Some(delay))).await
         }
-        Outcome::Dead(reason, error) => {
-            dead_letter(w, msg, seq, delivered, reason, &error).await;
+        Action::DeadLetter { reason, error } => {
+            dead_letter(w, msg, headers, seq, delivered, reason, &error).await;
+            return;
+        }
+        Action::Leave { failure } => {
+            if let Some(error) = failure {
+                tracing::warn!(target: "eventbus::dispatch", %error, "event not handled; ack = none, so it is neither retried nor dead-lettered");
+            }
             return;
         }
     };
@@ -535,13 +567,14 @@ async fn settle(w: &Worker, msg: &Incoming, seq: u64, delivered: u64, outcome: O
 async fn dead_letter(
     w: &Worker,
     msg: &Incoming,
+    headers: &HeaderMap,
     seq: u64,
     delivered: u64,
     reason: DeadReason,
     error: &str,
 ) {
     tracing::error!(target: "eventbus::dispatch", reason = reason.as_str(), %error, "dead-lettering event");
-    match store_dead_letter(w, msg, seq, delivered, reason, error).await {
+    match store_dead_letter(w, msg, headers, seq, delivered, reason, error).await {
         Ok(()) => {
             if let Err(e) = msg.settle(AckKind::Term).await {
                 tracing::warn!(target: "eventbus::dispatch", error = %e, "cannot terminate dead-lettered event");
@@ -574,23 +607,14 @@ fn header_text(s: &str) -> String {
 async fn store_dead_letter(
     w: &Worker,
     msg: &Incoming,
+    original: &HeaderMap,
     seq: u64,
     delivered: u64,
     reason: DeadReason,
     error: &str,
 ) -> Result<(), Error> {
-    let mut headers = HeaderMap::new();
-    if let Some(h) = msg.headers() {
-        for (name, values) in h.iter() {
-            let n: &str = name.as_ref();
-            if n.starts_with("Nats-") {
-                continue;
-            }
-            for v in values {
-                headers.append(name.clone(), v.clone());
-            }
-        }
-    }
+    // The original headers, less the server's own (`Nats-Msg-Id` is set anew below).
+    let mut headers = headers_without(original, |n| n.starts_with("Nats-"));
     headers.insert(dlq_headers::REASON, reason.as_str());
     headers.insert(dlq_headers::ERROR, header_text(error));
     headers.insert(dlq_headers::ORIGINAL_SUBJECT, msg.subject());

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::bus::Bus;
 use crate::dispatch::dlq_headers;
-use crate::envelope::headers;
+use crate::envelope::{headers, headers_without};
 use crate::error::{Error, ErrorKind};
 use crate::publish::{publish_acked, Published};
 use crate::read::{open, scan};
@@ -121,16 +121,9 @@ impl Bus {
                 ),
             ));
         }
-        let mut h = HeaderMap::new();
-        for (k, vs) in m.headers.iter() {
-            let n: &str = k.as_ref();
-            if n.starts_with("eventbus-") || n.starts_with("Nats-") {
-                continue;
-            }
-            for v in vs {
-                h.append(k.clone(), v.clone());
-            }
-        }
+        let mut h = headers_without(&m.headers, |n| {
+            n.starts_with("eventbus-") || n.starts_with("Nats-")
+        });
         let ce_id = header(&m.headers, headers::ID);
         let id = format!(
             "{}redrive-{name}-{sequence}",

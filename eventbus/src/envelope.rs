@@ -112,6 +112,20 @@ mod names {
     pub(super) static TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
 }
 
+/// A copy of `h` without the headers whose names `drop` picks.
+pub(crate) fn headers_without(h: &HeaderMap, drop: impl Fn(&str) -> bool) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, values) in h.iter() {
+        if drop(name.as_ref()) {
+            continue;
+        }
+        for v in values {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
+}
+
 /// Encodes an event in binary mode.
 pub fn encode<E: EventSet>(event: &E, opts: &EncodeOptions<'_>) -> Result<EncodedEvent, Error> {
     encode_at(event, opts, None)
@@ -236,7 +250,25 @@ impl Metadata {
     /// Like [`Metadata::from_message`], with the headers given by value: they become
     /// [`Metadata::headers`] without a copy.
     pub fn from_headers(subject: &str, headers: HeaderMap) -> Result<Metadata, Error> {
-        let h = &headers;
+        Self::from_owned(subject, headers).map_err(|failed| failed.0)
+    }
+
+    /// Like [`Metadata::from_headers`], giving the headers back with the error.
+    pub(crate) fn from_owned(
+        subject: &str,
+        headers: HeaderMap,
+    ) -> Result<Metadata, Box<(Error, HeaderMap)>> {
+        match Self::parsed(subject, &headers) {
+            Ok(mut m) => {
+                m.headers = headers;
+                Ok(m)
+            }
+            Err(e) => Err(Box::new((e, headers))),
+        }
+    }
+
+    /// Everything but the headers themselves (left empty).
+    fn parsed(subject: &str, h: &HeaderMap) -> Result<Metadata, Error> {
         let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned());
         let (sub_aggregate, sub_id, sub_event) = split_event_subject(subject).ok_or_else(|| {
             Error::new(
@@ -289,7 +321,7 @@ impl Metadata {
             correlation_id: get(headers::CORRELATION_ID),
             causation_id: get(headers::CAUSATION_ID),
             traceparent: get(headers::TRACEPARENT),
-            headers,
+            headers: HeaderMap::new(),
         })
     }
 }

@@ -50,11 +50,9 @@ struct Consumer {
     config: consumer::Config,
     /// The next stream sequence to look at for a first delivery.
     cursor: u64,
-    consumer_seq: u64,
+    /// Delivered and not yet acked or terminated, by stream sequence: kept while the message
+    /// may be redelivered.
     pending: BTreeMap<u64, Pending>,
-    /// Deliveries per stream sequence, kept while the message may be redelivered.
-    acked: u64,
-    terminated: u64,
 }
 
 #[derive(Debug)]
@@ -525,10 +523,7 @@ impl Broker {
             Consumer {
                 config,
                 cursor,
-                consumer_seq: 0,
                 pending: BTreeMap::new(),
-                acked: 0,
-                terminated: 0,
             },
         );
         Ok(name)
@@ -558,7 +553,6 @@ impl Broker {
         let StreamState {
             messages,
             consumers,
-            config,
             ..
         } = s;
         let c = consumers
@@ -641,12 +635,10 @@ impl Broker {
         let Some((seq, delivered)) = pick else {
             return Ok(Err(next_due));
         };
-        c.consumer_seq += 1;
         let pending = messages
             .range(c.cursor..)
             .filter(|(_, m)| matches_consumer(&c.config, &m.subject))
             .count() as u64;
-        let _ = config;
         Ok(Ok(Delivery {
             message: messages.get(&seq).expect("present").clone(),
             stream: stream.to_owned(),
@@ -699,14 +691,10 @@ impl Broker {
         };
         match how {
             Settle::Ack => {
-                if c.pending.remove(&seq).is_some() {
-                    c.acked += 1;
-                }
+                c.pending.remove(&seq);
             }
             Settle::Term => {
-                if c.pending.remove(&seq).is_some() {
-                    c.terminated += 1;
-                }
+                c.pending.remove(&seq);
             }
             Settle::Progress => {
                 if let Some(p) = c.pending.get_mut(&seq) {

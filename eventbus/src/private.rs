@@ -55,18 +55,6 @@ pub fn event_from_json<E: crate::event::DomainEvent>(
     }
 }
 
-/// Asserts at compile time that a type is an event set (the error points at the type).
-pub const fn assert_event_set<E: EventSet>() {}
-
-/// Asserts at compile time that a handler's error type converts into a `HandlerError`.
-pub fn assert_handler_error<E: Into<HandlerError>>() {}
-
-/// Asserts at compile time that a handler's future can move between threads.
-pub fn assert_send<F: Future + Send>(_: &F) {}
-
-/// Asserts that an aggregate id field's type can be an aggregate id.
-pub const fn assert_aggregate_id<T: crate::event::AggregateId + ?Sized>() {}
-
 /// Fails compilation (in a `const` evaluation) when a handler's subject filter can never
 /// match the events its parameter type decodes, or also matches subjects outside their
 /// pattern. The message names both.
@@ -97,23 +85,6 @@ pub const fn check_handler_subject(handler: &str, filter: &str, event_type: &str
         m.push("` events are published; events of other types would be dead-lettered as unknown: use a filter within `");
         m.push(pattern);
         m.push("`");
-        panic!("{}", m.as_str());
-    }
-}
-
-/// Fails compilation when the variants of an event set belong to different aggregates.
-pub const fn check_same_aggregate(set: &str, variant: &str, expected: &str, actual: &str) {
-    if !const_str_eq(expected, actual) {
-        let mut m = ConstMessage::new();
-        m.push("event set `");
-        m.push(set);
-        m.push("`: variant `");
-        m.push(variant);
-        m.push("` holds an event of aggregate `");
-        m.push(actual);
-        m.push("`, but the set's first variant is of aggregate `");
-        m.push(expected);
-        m.push("`; an event set holds the events of one aggregate");
         panic!("{}", m.as_str());
     }
 }
@@ -206,14 +177,6 @@ pub const fn const_str_eq(a: &str, b: &str) -> bool {
         i += 1;
     }
     true
-}
-
-/// The `i`-th event descriptor of a set, in `const` contexts.
-pub const fn descriptor_name(
-    events: &'static [crate::event::EventDescriptor],
-    i: usize,
-) -> &'static str {
-    events[i].name
 }
 
 /// A message composed at compile time (const panics cannot format).

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::backend::Backend;
 use crate::bus::Bus;
-use crate::envelope::{decode, Metadata};
+use crate::envelope::{decode, headers_without, Metadata};
 use crate::error::{Error, ErrorKind};
 use crate::event::EventSet;
 use crate::subject::check_aggregate_id;
@@ -356,17 +356,9 @@ impl Scan {
 }
 
 fn strip_direct_get_headers(h: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, values) in h.iter() {
-        let n: &str = name.as_ref();
-        if DIRECT_GET_HEADERS.iter().any(|d| d.eq_ignore_ascii_case(n)) {
-            continue;
-        }
-        for v in values {
-            out.append(name.clone(), v.clone());
-        }
-    }
-    out
+    headers_without(h, |n| {
+        DIRECT_GET_HEADERS.iter().any(|d| d.eq_ignore_ascii_case(n))
+    })
 }
 
 /// The messages of an opened stream on `filter`, in order, from sequence `from` up to the
