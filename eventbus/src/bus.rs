@@ -458,6 +458,7 @@ pub(crate) struct Inner {
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) ephemeral: Mutex<Vec<(String, String)>>,
+    /// For feature checks; the in-process broker has every feature, so it counts as newest.
     pub(crate) server_version: (u64, u64, u64),
     pub(crate) shut_down: tokio::sync::Mutex<bool>,
 }
@@ -507,9 +508,9 @@ impl Bus {
         &self.inner.config
     }
 
-    /// The server's version, `(major, minor, patch)`.
-    pub fn server_version(&self) -> (u64, u64, u64) {
-        self.inner.server_version
+    /// The server's version, `(major, minor, patch)`; `None` on the in-process broker.
+    pub fn server_version(&self) -> Option<(u64, u64, u64)> {
+        (!self.is_in_process()).then_some(self.inner.server_version)
     }
 
     /// The connection's state now.

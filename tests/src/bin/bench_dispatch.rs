@@ -174,7 +174,7 @@ async fn main() {
     }
     println!(
         "backlog: {n} events on nats-server {}",
-        publisher.server_version().0
+        publisher.server_version().expect("a NATS bus").0
     );
 
     let mut ratios = Vec::new();

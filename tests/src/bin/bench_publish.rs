@@ -225,7 +225,7 @@ async fn main() {
     let js = bus.jetstream().expect("a NATS bus").clone();
     println!(
         "nats-server {:?}; {pipelined} pipelined and {awaited} awaited events per round, {rounds} rounds",
-        bus.server_version()
+        bus.server_version().expect("a NATS bus")
     );
 
     let many = ticks(pipelined);
