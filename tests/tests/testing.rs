@@ -92,6 +92,20 @@ async fn retries_an_hour_apart_take_no_real_time() {
     assert!(
         matches!(&p2[0].outcome, Outcome::DeadLettered { reason, .. } if reason == "permanent")
     );
+    let counts = bus.counts();
+    let count = |k: &str| {
+        counts
+            .get(&("weigh_parcel".to_owned(), k))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (count("acked"), count("retried"), count("dead_lettered")),
+        (1, 2, 1)
+    );
+    assert_eq!(bus.all_handled().len(), 4);
+    assert!(bus.is_in_process());
+    assert_eq!(bus.server_version(), None);
     let dead = bus.dead_letters(None).await.expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].original_subject, "tst_parcel.p2.sent");
