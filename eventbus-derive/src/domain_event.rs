@@ -38,6 +38,7 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
     let name = &attrs.name.as_ref().expect("checked").value;
     let version = attrs.version.as_ref().map_or(1, |v| v.value);
     let pattern = format!("{aggregate}.*.{name}");
+    let cloud_type = format!("{aggregate}.{name}.v{version}");
     let rust_type = ident.unraw().to_string();
     // Spanned at the id field's type: a type that is not an aggregate id is reported there.
     let member = match &id.member {
@@ -76,6 +77,7 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
                 name: #name,
                 version: #version,
                 subject_pattern: #pattern,
+                cloud_type: #cloud_type,
                 rust_type: #rust_type,
             }];
 

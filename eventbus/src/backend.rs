@@ -419,21 +419,42 @@ impl Backend {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<PublishAck, PublishError> {
+        let kept = (attempts > 1).then(|| headers.clone());
+        self.publish_acked_with(attempts, subject, headers, payload, || kept.clone())
+            .await
+    }
+
+    /// Like [`Backend::publish_acked`], with the headers of an attempt after the first made
+    /// by `again` (the same headers again), so that the first attempt needs no copy of them.
+    /// Should `again` have none, the last attempt's error is returned.
+    pub(crate) async fn publish_acked_with(
+        &self,
+        attempts: u32,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+        mut again: impl FnMut() -> Option<HeaderMap>,
+    ) -> Result<PublishAck, PublishError> {
         let attempts = attempts.max(1);
         let mut attempt = 1;
+        let mut headers = headers;
         loop {
             let result = match self
-                .send(subject.to_owned(), headers.clone(), payload.clone())
+                .send(subject.to_owned(), headers, payload.clone())
                 .await
             {
                 Ok(f) => f.wait().await,
                 Err(e) => Err(e),
             };
             match result {
-                Err(e) if retryable(&e.kind()) && attempt < attempts => {
-                    tracing::warn!(target: "eventbus::publish", %subject, attempt, error = %e, "publish not acknowledged; sending again with the same id");
-                    attempt += 1;
-                }
+                Err(e) if retryable(&e.kind()) && attempt < attempts => match again() {
+                    Some(h) => {
+                        tracing::warn!(target: "eventbus::publish", %subject, attempt, error = %e, "publish not acknowledged; sending again with the same id");
+                        headers = h;
+                        attempt += 1;
+                    }
+                    None => return Err(e),
+                },
                 other => return other,
             }
         }

@@ -558,18 +558,18 @@ impl Bus {
         event: &E,
         options: PublishOptions,
     ) -> Result<Published, Error> {
-        let encoded = encode(
-            event,
-            &EncodeOptions {
-                source: &self.inner.service,
-                id: options.id.as_deref(),
-                correlation_id: options.correlation_id.as_deref(),
-                causation_id: options.causation_id.as_deref(),
-                traceparent: None,
-                extra_headers: options.headers.as_ref(),
-            },
-        )?;
+        let mut opts = EncodeOptions {
+            source: &self.inner.service,
+            id: options.id.as_deref(),
+            correlation_id: options.correlation_id.as_deref(),
+            causation_id: options.causation_id.as_deref(),
+            traceparent: None,
+            extra_headers: options.headers.as_ref(),
+        };
+        let encoded = encode(event, &opts)?;
         let span = tracing::debug_span!(target: "eventbus::publish", "publish", subject = %encoded.subject, id = %encoded.id);
+        // A retry sends the same headers, made again from the same id and time.
+        opts.id = Some(&encoded.id);
         publish_acked(
             &self.inner.backend,
             self.inner.config.publish_attempts,
@@ -577,6 +577,7 @@ impl Bus {
             &encoded.id,
             encoded.headers,
             encoded.payload,
+            crate::publish::headers_again(event, &opts, encoded.time),
         )
         .instrument(span)
         .await

@@ -140,6 +140,7 @@ impl Bus {
             header(&m.headers, dlq_headers::ORIGINAL_SEQUENCE)
         );
         h.insert(REPUBLISHED_FROM, origin.as_str());
+        let kept = h.clone();
         let published = publish_acked(
             &self.inner.backend,
             self.inner.config.publish_attempts,
@@ -147,6 +148,7 @@ impl Bus {
             &id,
             h,
             m.payload,
+            || Some(kept.clone()),
         )
         .await?;
         self.inner.backend.delete_message(&name, sequence).await.map_err(|e| {

@@ -79,7 +79,51 @@ pub struct EncodedEvent {
 
 /// A new event id: a UUIDv7 (time-ordered).
 pub fn new_event_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
+/// `ce-time`: RFC 3339 in UTC with nanoseconds, e.g. `2026-11-26T09:30:00.123456789Z`.
+///
+/// Written digit by digit: it is on the path of every publish, where the general formatter
+/// of `time` costs more than the rest of the headers together.
+pub(crate) fn format_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // RFC 3339 has four-digit years only; such a clock is wrong, but say what it says.
+        return t.format(&Rfc3339).unwrap_or_default();
+    }
+    let mut out = [0u8; 30];
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year as u32);
+    put(5, 2, u32::from(u8::from(t.month())));
+    put(8, 2, u32::from(t.day()));
+    put(11, 2, u32::from(t.hour()));
+    put(14, 2, u32::from(t.minute()));
+    put(17, 2, u32::from(t.second()));
+    put(20, 9, t.nanosecond());
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (29, b'Z'),
+    ] {
+        out[at] = c;
+    }
+    // Only ASCII digits and separators were written.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// Refuses a header value that NATS cannot carry (`\r` or `\n`).
@@ -110,6 +154,22 @@ mod names {
     pub(super) static CORRELATION_ID: HeaderName = HeaderName::from_static(headers::CORRELATION_ID);
     pub(super) static CAUSATION_ID: HeaderName = HeaderName::from_static(headers::CAUSATION_ID);
     pub(super) static TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
+}
+
+/// An empty header map with room for every header eventbus writes.
+///
+/// `HeaderMap` has no `with_capacity`: a map filled header by header is grown and re-hashed
+/// three times, on the path of every publish. A map deserialized from entries that all have
+/// one name keeps one entry in a table sized for all of them; a clone of it keeps the size.
+/// Its one entry, `ce-specversion`, is replaced by the encoder like the others.
+fn sized_header_map() -> HeaderMap {
+    static SIZED: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+        let entry = format!("\"{}\":[\"{SPEC_VERSION}\"]", headers::SPECVERSION);
+        let json = format!("{{{}}}", vec![entry; 14].join(","));
+        // Should a release of async-nats read maps another way, this is a plain map.
+        serde_json::from_str(&json).unwrap_or_default()
+    });
+    SIZED.clone()
 }
 
 /// A copy of `h` without the headers whose names `drop` picks.
@@ -158,7 +218,7 @@ pub(crate) fn encode_at<E: EventSet>(
     check_value(headers::SOURCE, opts.source)?;
     let correlation_id = opts.correlation_id.unwrap_or(&id);
     check_value(headers::CORRELATION_ID, correlation_id)?;
-    let mut h = HeaderMap::new();
+    let mut h = sized_header_map();
     if let Some(extra) = opts.extra_headers {
         for (name, values) in extra.iter() {
             let n: &str = name.as_ref();
@@ -183,10 +243,7 @@ pub(crate) fn encode_at<E: EventSet>(
     h.insert(names::TYPE.clone(), d.cloud_event_type());
     // Checked by `event_subject`: one subject token, so no line break.
     h.insert(names::SUBJECT.clone(), event.id().as_ref());
-    h.insert(
-        names::TIME.clone(),
-        time.format(&Rfc3339).unwrap_or_default(),
-    );
+    h.insert(names::TIME.clone(), format_time(time));
     h.insert(names::CONTENT_TYPE.clone(), JSON);
     h.insert(names::CORRELATION_ID.clone(), correlation_id);
     if let Some(c) = opts.causation_id {
@@ -352,4 +409,47 @@ pub fn decode<E: EventSet>(meta: &Metadata, payload: &[u8]) -> Result<E, Error> 
         ));
     }
     E::from_json(&meta.event_type, payload).map_err(Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_is_rfc3339_with_nanoseconds() {
+        let parse = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+        for text in [
+            "2026-11-26T09:30:00.123456789Z",
+            "2026-01-02T03:04:05.000000000Z",
+            "1999-12-31T23:59:59.999999999Z",
+            "0001-01-01T00:00:00.000000001Z",
+            "9999-12-31T23:59:59.000000000Z",
+        ] {
+            assert_eq!(format_time(parse(text)), text);
+        }
+        // Another offset is written in UTC.
+        let t = parse("2026-11-26T10:30:00.5+01:00");
+        assert_eq!(format_time(t), "2026-11-26T09:30:00.500000000Z");
+        // Now, through the parser the readers use.
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(parse(&format_time(now)), now);
+    }
+
+    #[test]
+    fn new_ids_are_hyphenated_v7_uuids() {
+        let id = new_event_id();
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.hyphenated().to_string(), id);
+    }
+
+    #[test]
+    fn the_sized_map_holds_one_header_that_encoding_replaces() {
+        let h = sized_header_map();
+        assert_eq!(h.len(), 1);
+        assert_eq!(
+            h.get(headers::SPECVERSION).map(|v| v.as_str()),
+            Some(SPEC_VERSION)
+        );
+    }
 }

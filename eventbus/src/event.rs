@@ -23,14 +23,16 @@ pub struct EventDescriptor {
     pub version: u32,
     /// The subject pattern of the event, e.g. `order.*.created`.
     pub subject_pattern: &'static str,
+    /// The CloudEvents type, `{aggregate}.{name}.v{version}`, e.g. `order.created.v1`.
+    pub cloud_type: &'static str,
     /// The Rust type's name, for messages only.
     pub rust_type: &'static str,
 }
 
 impl EventDescriptor {
     /// The CloudEvents type: `{aggregate}.{name}.v{version}`.
-    pub fn cloud_event_type(&self) -> String {
-        format!("{}.{}.v{}", self.aggregate, self.name, self.version)
+    pub fn cloud_event_type(&self) -> &'static str {
+        self.cloud_type
     }
 }
 

@@ -22,6 +22,21 @@ pub struct Published {
     pub id: String,
 }
 
+/// Makes the headers of `event` again, as `options` (which name the event's first id) and
+/// `time` encode them: what an attempt after the first sends. Encoding an event twice with the
+/// same id and time gives the same headers.
+pub(crate) fn headers_again<'a, E: crate::event::EventSet>(
+    event: &'a E,
+    options: &'a crate::envelope::EncodeOptions<'a>,
+    time: time::OffsetDateTime,
+) -> impl FnMut() -> Option<HeaderMap> + 'a {
+    move || {
+        crate::envelope::encode_at(event, options, Some(time))
+            .ok()
+            .map(|m| m.headers)
+    }
+}
+
 /// Whether a failed attempt may be sent again with the same message id.
 pub(crate) fn retryable(kind: &PublishErrorKind) -> bool {
     matches!(
@@ -31,7 +46,8 @@ pub(crate) fn retryable(kind: &PublishErrorKind) -> bool {
 }
 
 /// Publishes one message and waits for its acknowledgement, retrying on a timeout or a lost
-/// connection with the same headers (so the same `Nats-Msg-Id`).
+/// connection with the same headers (so the same `Nats-Msg-Id`), which `again` makes anew for
+/// each attempt after the first.
 pub(crate) async fn publish_acked(
     backend: &crate::backend::Backend,
     attempts: u32,
@@ -39,9 +55,10 @@ pub(crate) async fn publish_acked(
     id: &str,
     headers: HeaderMap,
     payload: Bytes,
+    again: impl FnMut() -> Option<HeaderMap>,
 ) -> Result<Published, Error> {
     backend
-        .publish_acked(attempts, subject, headers, payload)
+        .publish_acked_with(attempts, subject, headers, payload, again)
         .await
         .map(|ack| Published {
             stream: ack.stream,
@@ -173,16 +190,12 @@ impl crate::bus::Bus {
                     id: f.id,
                 }),
                 Err(e) if retryable(&e.kind()) && inner.config.publish_attempts > 1 => {
-                    let again = crate::envelope::encode_at(
-                        f.event,
-                        &crate::envelope::EncodeOptions {
-                            source: &inner.service,
-                            id: Some(&f.id),
-                            ..Default::default()
-                        },
-                        Some(f.time),
-                    );
-                    match again {
+                    let options = crate::envelope::EncodeOptions {
+                        source: &inner.service,
+                        id: Some(&f.id),
+                        ..Default::default()
+                    };
+                    match crate::envelope::encode_at(f.event, &options, Some(f.time)) {
                         Ok(m) => {
                             let subject = m.subject.into_string();
                             tracing::warn!(target: "eventbus::publish", %subject, id = %f.id, attempt = 1, error = %e, "publish not acknowledged; sending again with the same id");
@@ -193,6 +206,7 @@ impl crate::bus::Bus {
                                 &f.id,
                                 m.headers,
                                 m.payload,
+                                headers_again(f.event, &options, f.time),
                             )
                             .await
                         }

@@ -137,6 +137,7 @@ fn event_constants() {
             name: "shipped",
             version: 2,
             subject_pattern: "order.*.shipped",
+            cloud_type: "order.shipped.v2",
             rust_type: "OrderShipped",
         }]
     );
@@ -379,9 +380,41 @@ fn envelope_round_trip() {
         assert_eq!(meta.event_type, event.descriptor().name);
         assert_eq!(meta.version, Some(event.descriptor().version));
         assert_eq!(meta.source.as_deref(), Some("billing"));
+        assert_eq!(meta.id, encoded.id);
+        assert_eq!(
+            meta.time,
+            Some(encoded.time),
+            "ce-time keeps the nanoseconds"
+        );
         assert_eq!(
             envelope::decode::<OrderEvent>(&meta, &encoded.payload).unwrap(),
             event
+        );
+        // Exactly the CloudEvents headers, each once.
+        let mut names: Vec<(String, usize)> = encoded
+            .headers
+            .iter()
+            .map(|(name, values)| (name.to_string(), values.len()))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "Nats-Msg-Id",
+                "ce-correlationid",
+                "ce-id",
+                "ce-source",
+                "ce-specversion",
+                "ce-subject",
+                "ce-time",
+                "ce-type",
+                "content-type"
+            ]
+            .map(|n| (n.to_owned(), 1))
+        );
+        assert_eq!(
+            encoded.headers.get("ce-specversion").map(|v| v.as_str()),
+            Some("1.0")
         );
     }
 

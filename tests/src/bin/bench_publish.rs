@@ -2,7 +2,7 @@
 //! same connection in the same run.
 //!
 //! Run: `cargo run --release -p eventbus-tests --bin bench_publish -- [pipelined] [awaited] [rounds]`
-//! (defaults: 100000 pipelined events, 10000 awaited events, 5 rounds). It starts its own
+//! (defaults: 20000 pipelined events, 2000 awaited events, 25 rounds). It starts its own
 //! nats-server (see the harness) and measures, per round and in alternating order:
 //!
 //! - pipelined: `bus.publish_all` of the events against raw `publish_with_headers` keeping the
@@ -11,15 +11,28 @@
 //!
 //! Raw publishes messages encoded beforehand, outside the timed part, with the headers eventbus
 //! writes (so the server does the same work, de-duplication included); eventbus encodes inside
-//! the timed part, which is the cost a user pays. A third mode, "pipelined (raw serializes)",
+//! the timed part, which is the cost a user pays. A second pipelined mode, "raw serializes",
 //! has raw do inside the timed part the least a program publishing these events itself does
-//! for the same guarantee: serialize the body and set a `Nats-Msg-Id`. The stream is purged before every timed part.
+//! for the same guarantee: serialize the body and set a `Nats-Msg-Id`. The stream is purged
+//! before every timed part.
+//!
+//! Where the publishing runs matters, for raw and eventbus alike, and each mode says where:
+//! "in a task" is a task spawned on the runtime, as in a service (a handler, a request); "on
+//! main" is `#[tokio::main]`'s own thread, outside the runtime's workers, as in a one-off
+//! script. On main, every message handed to the connection's task wakes a worker thread of the
+//! runtime, and the messages are allocated on one thread and freed on another: a publisher that
+//! allocates per message (eventbus builds ten headers) pays for it there, more than in a task.
+//!
 //! It prints each round's rates, the CPU time per event of this process and of the server, and
-//! the median ratio raw time / eventbus time per mode (1.0: as fast as raw; the target is 0.9
-//! or more). On a busy machine the wall times vary from round to round; the CPU times show
-//! what eventbus itself adds.
+//! per mode the ratio raw time / eventbus time over all rounds, with the median of the rounds'
+//! ratios (1.0: as fast as raw; the target is 0.9 or more). Many short rounds rather than a few
+//! long ones: on a shared machine the speed drifts, and parts close in time meet the same
+//! drift. The CPU times show what eventbus itself adds. With `--features mimalloc` both run
+//! with mimalloc as the global allocator.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -76,7 +89,7 @@ async fn purge(js: &jetstream::Context) {
         .expect("purge");
 }
 
-async fn raw_pipelined(js: &jetstream::Context, messages: Vec<EncodedEvent>) -> Duration {
+async fn raw_pipelined(js: jetstream::Context, messages: Vec<EncodedEvent>) -> Duration {
     let started = Instant::now();
     let mut window = VecDeque::with_capacity(WINDOW);
     for m in messages {
@@ -99,10 +112,10 @@ async fn raw_pipelined(js: &jetstream::Context, messages: Vec<EncodedEvent>) -> 
 /// Raw pipelined publishing that does the least a program publishing these events itself
 /// does for the same guarantee: serialize the body and give each message a `Nats-Msg-Id`
 /// (so a resend is dropped as a duplicate), inside the timed part.
-async fn raw_pipelined_serializing(js: &jetstream::Context, events: &[Tick]) -> Duration {
+async fn raw_pipelined_serializing(js: jetstream::Context, events: Arc<Vec<Tick>>) -> Duration {
     let started = Instant::now();
     let mut window = VecDeque::with_capacity(WINDOW);
-    for e in events {
+    for e in events.iter() {
         if window.len() == WINDOW {
             let ack: jetstream::context::PublishAckFuture = window.pop_front().expect("full");
             ack.await.expect("ack");
@@ -122,15 +135,15 @@ async fn raw_pipelined_serializing(js: &jetstream::Context, events: &[Tick]) -> 
     started.elapsed()
 }
 
-async fn eventbus_pipelined(bus: &Bus, events: &[Tick]) -> Duration {
+async fn eventbus_pipelined(bus: Bus, events: Arc<Vec<Tick>>) -> Duration {
     let started = Instant::now();
-    let results = bus.publish_all(events).await;
+    let results = bus.publish_all(events.iter()).await;
     let elapsed = started.elapsed();
     assert!(results.iter().all(Result::is_ok), "every event stored");
     elapsed
 }
 
-async fn raw_awaited(js: &jetstream::Context, messages: Vec<EncodedEvent>) -> Duration {
+async fn raw_awaited(js: jetstream::Context, messages: Vec<EncodedEvent>) -> Duration {
     let started = Instant::now();
     for m in messages {
         js.publish_with_headers(m.subject.into_string(), m.headers, m.payload)
@@ -142,9 +155,9 @@ async fn raw_awaited(js: &jetstream::Context, messages: Vec<EncodedEvent>) -> Du
     started.elapsed()
 }
 
-async fn eventbus_awaited(bus: &Bus, events: &[Tick]) -> Duration {
+async fn eventbus_awaited(bus: Bus, events: Arc<Vec<Tick>>) -> Duration {
     let started = Instant::now();
-    for e in events {
+    for e in events.iter() {
         bus.publish(e).await.expect("publish");
     }
     started.elapsed()
@@ -162,6 +175,17 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// What is timed.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Pipelined; raw publishes messages encoded beforehand.
+    Pipelined,
+    /// Pipelined; raw serializes and sets `Nats-Msg-Id` in the timed part.
+    Serializing,
+    /// One publish after the other, each awaited.
+    Awaited,
+}
+
 /// One timed part: wall time, and the CPU time the server and this process used in it.
 #[derive(Clone, Copy, Default)]
 struct Run {
@@ -170,9 +194,33 @@ struct Run {
     client_cpu: Duration,
 }
 
-async fn measure(server: u32, part: impl std::future::Future<Output = Duration>) -> Run {
+impl Run {
+    fn add(&mut self, other: Run) {
+        self.wall += other.wall;
+        self.server_cpu += other.server_cpu;
+        self.client_cpu += other.client_cpu;
+    }
+}
+
+/// Where a timed part runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    /// A task spawned on the runtime.
+    Task,
+    /// `main`'s thread, outside the runtime's workers.
+    Main,
+}
+
+async fn measure(
+    server: u32,
+    place: Place,
+    part: impl Future<Output = Duration> + Send + 'static,
+) -> Run {
     let (s0, c0) = (cpu_time(server), cpu_time(std::process::id()));
-    let wall = part.await;
+    let wall = match place {
+        Place::Task => tokio::spawn(part).await.expect("the timed part ran"),
+        Place::Main => part.await,
+    };
     Run {
         wall,
         server_cpu: cpu_time(server) - s0,
@@ -201,18 +249,25 @@ fn report(mode: &str, round: usize, n: usize, raw: Run, eb: Run) -> f64 {
     ratio
 }
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
     let pipelined: usize = args
         .next()
         .map(|a| a.parse().expect("pipelined events"))
-        .unwrap_or(100_000);
+        .unwrap_or(20_000);
     let awaited: usize = args
         .next()
         .map(|a| a.parse().expect("awaited events"))
-        .unwrap_or(10_000);
-    let rounds: usize = args.next().map(|a| a.parse().expect("rounds")).unwrap_or(5);
+        .unwrap_or(2_000);
+    let rounds: usize = args
+        .next()
+        .map(|a| a.parse().expect("rounds"))
+        .unwrap_or(25);
     let server = NatsServer::start().await;
     let bus = eventbus::builder()
         .no_env()
@@ -224,62 +279,91 @@ async fn main() {
         .expect("bus");
     let js = bus.jetstream().expect("a NATS bus").clone();
     println!(
-        "nats-server {:?}; {pipelined} pipelined and {awaited} awaited events per round, {rounds} rounds",
-        bus.server_version().expect("a NATS bus")
+        "nats-server {:?}; {pipelined} pipelined and {awaited} awaited events per round, {rounds} rounds; allocator: {}",
+        bus.server_version().expect("a NATS bus"),
+        if cfg!(feature = "mimalloc") { "mimalloc" } else { "the system's" }
     );
 
-    let many = ticks(pipelined);
-    let few = ticks(awaited);
-    let (mut pipelined_ratios, mut awaited_ratios) = (Vec::new(), Vec::new());
-    let mut serializing_ratios = Vec::new();
+    let many = Arc::new(ticks(pipelined));
+    let few = Arc::new(ticks(awaited));
     let pid = server.pid().expect("the server runs");
+    let modes = [
+        ("pipelined, in a task", Mode::Pipelined, Place::Task),
+        (
+            "pipelined (raw serializes), in a task",
+            Mode::Serializing,
+            Place::Task,
+        ),
+        ("awaited, in a task", Mode::Awaited, Place::Task),
+        ("pipelined, on main", Mode::Pipelined, Place::Main),
+        (
+            "pipelined (raw serializes), on main",
+            Mode::Serializing,
+            Place::Main,
+        ),
+    ];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut totals: Vec<(Run, Run)> = vec![(Run::default(), Run::default()); modes.len()];
     for round in 1..=rounds {
         // Alternate which goes first, so neither always meets a warmer server.
         let raw_first = round % 2 == 1;
-        let (mut raw, mut eb) = (Run::default(), Run::default());
-        for raw_turn in [raw_first, !raw_first] {
-            purge(&js).await;
-            if raw_turn {
-                let messages = encoded(&many);
-                raw = measure(pid, raw_pipelined(&js, messages)).await;
-            } else {
-                eb = measure(pid, eventbus_pipelined(&bus, &many)).await;
+        for (i, &(name, mode, place)) in modes.iter().enumerate() {
+            let events = if mode == Mode::Awaited { &few } else { &many };
+            let (mut raw, mut eb) = (Run::default(), Run::default());
+            for raw_turn in [raw_first, !raw_first] {
+                purge(&js).await;
+                if raw_turn {
+                    raw = match mode {
+                        Mode::Pipelined => {
+                            measure(pid, place, raw_pipelined(js.clone(), encoded(events))).await
+                        }
+                        Mode::Serializing => {
+                            let part = raw_pipelined_serializing(js.clone(), events.clone());
+                            measure(pid, place, part).await
+                        }
+                        Mode::Awaited => {
+                            measure(pid, place, raw_awaited(js.clone(), encoded(events))).await
+                        }
+                    };
+                } else {
+                    eb = match mode {
+                        Mode::Awaited => {
+                            measure(pid, place, eventbus_awaited(bus.clone(), events.clone())).await
+                        }
+                        _ => {
+                            let part = eventbus_pipelined(bus.clone(), events.clone());
+                            measure(pid, place, part).await
+                        }
+                    };
+                }
             }
+            ratios[i].push(report(name, round, events.len(), raw, eb));
+            totals[i].0.add(raw);
+            totals[i].1.add(eb);
         }
-        pipelined_ratios.push(report("pipelined", round, pipelined, raw, eb));
-
-        for raw_turn in [raw_first, !raw_first] {
-            purge(&js).await;
-            if raw_turn {
-                raw = measure(pid, raw_pipelined_serializing(&js, &many)).await;
-            } else {
-                eb = measure(pid, eventbus_pipelined(&bus, &many)).await;
-            }
-        }
-        serializing_ratios.push(report(
-            "pipelined (raw serializes)",
-            round,
-            pipelined,
-            raw,
-            eb,
-        ));
-
-        for raw_turn in [raw_first, !raw_first] {
-            purge(&js).await;
-            if raw_turn {
-                let messages = encoded(&few);
-                raw = measure(pid, raw_awaited(&js, messages)).await;
-            } else {
-                eb = measure(pid, eventbus_awaited(&bus, &few)).await;
-            }
-        }
-        awaited_ratios.push(report("awaited", round, awaited, raw, eb));
     }
     println!(
-        "median ratio (raw time / eventbus time): pipelined {:.3} (raw pre-encoded), {:.3} (raw serializes and sets Nats-Msg-Id), awaited {:.3}",
-        median(pipelined_ratios),
-        median(serializing_ratios),
-        median(awaited_ratios)
+        "raw time / eventbus time over all rounds (and the median of the rounds' ratios); \
+         the target is 0.9 or more:"
     );
+    for (((name, mode, _), r), (raw, eb)) in modes.iter().zip(ratios).zip(totals) {
+        let n = rounds
+            * if *mode == Mode::Awaited {
+                awaited
+            } else {
+                pipelined
+            };
+        let per_event = |d: Duration| d.as_micros() as f64 / n as f64;
+        println!(
+            "  {name}: {:.3} (median {:.3}); cpu µs/event: raw client {:.1} server {:.1}, \
+             eventbus client {:.1} server {:.1}",
+            raw.wall.as_secs_f64() / eb.wall.as_secs_f64(),
+            median(r),
+            per_event(raw.client_cpu),
+            per_event(raw.server_cpu),
+            per_event(eb.client_cpu),
+            per_event(eb.server_cpu),
+        );
+    }
     bus.shutdown().await.expect("shutdown");
 }
