@@ -2,11 +2,17 @@
 //! whose acknowledgement did not come is sent again with the same `Nats-Msg-Id`, so the
 //! server keeps one copy.
 
-use async_nats::jetstream::context::PublishErrorKind;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+use crate::backend::AckFuture;
+use crate::envelope::{encode, EncodeOptions, EncodedEvent};
 use crate::error::{Error, ErrorKind};
+use crate::event::EventSet;
 
 /// The server's acknowledgement of a stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,121 +152,193 @@ pub(crate) const PIPELINE_WINDOW: usize = 1024;
 
 impl crate::bus::Bus {
     /// Publishes many events, pipelined (up to 1024 awaiting their acknowledgement at once),
-    /// and reports each outcome, in order. An event that cannot be encoded, or whose publish
-    /// failed after its retries, has an error in its place; the others are stored.
+    /// and reports each outcome, in order: `Ok` once the server stored the event, or the error
+    /// in its place.
+    ///
+    /// A publish that is not acknowledged in time is sent again with the same id (so the server
+    /// keeps one copy) without holding up the others, up to `publish_attempts` times. When the
+    /// server is out of reach, `publish_all` does not go on trying event after event: once an
+    /// event has used all its attempts, or nothing was acknowledged for `publish_attempts` ×
+    /// `publish_timeout`, it stops sending and retrying, waits for what is under way, and
+    /// returns within about one more `publish_timeout`. Then:
+    ///
+    /// - an event sent but not acknowledged has an [`ErrorKind::Timeout`] error: it may or may
+    ///   not be stored (publish it again with the same id, [`crate::PublishOptions::id`], to
+    ///   be sure of one copy);
+    /// - an event not sent at all has an [`ErrorKind::Publish`] error that says so: it is not
+    ///   stored.
+    ///
+    /// Events that are retried may be stored in another order than given; [`crate::Bus::append`]
+    /// keeps the order of one aggregate's events.
     pub async fn publish_all<'a, E, I>(&self, events: I) -> Vec<Result<Published, Error>>
     where
         E: crate::event::EventSet + 'a,
         I: IntoIterator<Item = &'a E>,
     {
-        use std::collections::VecDeque;
-        type Ack = crate::backend::AckFuture;
-        /// A publish waiting for its acknowledgement. Its message went to the client as it
-        /// was: should it be sent again, the event is encoded again with the same id and time.
-        struct InFlight<'a, E> {
-            index: usize,
-            event: &'a E,
-            id: String,
-            time: time::OffsetDateTime,
-            ack: Result<Ack, async_nats::jetstream::context::PublishError>,
-        }
-        let inner = &self.inner;
-        let options = crate::envelope::EncodeOptions {
-            source: &inner.service,
+        let events = events.into_iter();
+        let mut run = PublishAll {
+            inner: &self.inner,
+            out: Vec::with_capacity(events.size_hint().0),
+            window: VecDeque::with_capacity(PIPELINE_WINDOW),
+            last_progress: Instant::now(),
+            stopped: None,
+        };
+        let options = EncodeOptions {
+            source: &self.inner.service,
             ..Default::default()
         };
-        let events = events.into_iter();
-        let mut out: Vec<Option<Result<Published, Error>>> =
-            Vec::with_capacity(events.size_hint().0);
-        let mut window: VecDeque<InFlight<'a, E>> = VecDeque::with_capacity(PIPELINE_WINDOW);
+        for (index, event) in events.enumerate() {
+            run.out.push(None);
+            // A publish sent again stays in the window: settle until there is room.
+            while run.window.len() >= PIPELINE_WINDOW {
+                run.settle_front().await;
+            }
+            if let Some(why) = &run.stopped {
+                run.out[index] = Some(Err(not_sent(event, why)));
+                continue;
+            }
+            match encode(event, &options) {
+                Ok(m) => run.send(index, event, m, 1).await,
+                Err(e) => run.out[index] = Some(Err(e)),
+            }
+        }
+        while !run.window.is_empty() {
+            run.settle_front().await;
+        }
+        run.out
+            .into_iter()
+            .map(|r| r.expect("every event has an outcome"))
+            .collect()
+    }
+}
 
-        async fn finish<E: crate::event::EventSet>(
-            inner: &crate::bus::Inner,
-            f: InFlight<'_, E>,
-        ) -> (usize, Result<Published, Error>) {
-            let result = match f.ack {
-                Ok(fut) => fut.wait().await,
-                Err(e) => Err(e),
-            };
-            let r = match result {
-                Ok(ack) => Ok(Published {
+/// A publish of `publish_all` waiting for its acknowledgement. Its message went to the client
+/// as it was: should it be sent again, the event is encoded again with the same id and time.
+struct InFlight<'a, E> {
+    index: usize,
+    event: &'a E,
+    id: String,
+    time: time::OffsetDateTime,
+    /// Which attempt this is, from 1.
+    attempt: u32,
+    /// When the acknowledgement is late: `publish_timeout` after the send. (The client's own
+    /// timeout starts only when its future is first awaited, which for the last of the window
+    /// is long after the send.)
+    deadline: tokio::time::Instant,
+    ack: Result<AckFuture, PublishError>,
+}
+
+/// The state of one `publish_all`.
+struct PublishAll<'b, 'a, E> {
+    inner: &'b crate::bus::Inner,
+    /// Each event's outcome, by index, once known.
+    out: Vec<Option<Result<Published, Error>>>,
+    /// The publishes waiting for their acknowledgement, oldest first.
+    window: VecDeque<InFlight<'a, E>>,
+    /// When the server last answered.
+    last_progress: Instant,
+    /// Why sending stopped, once it did.
+    stopped: Option<String>,
+}
+
+impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
+    async fn send(&mut self, index: usize, event: &'a E, m: EncodedEvent, attempt: u32) {
+        let ack = self
+            .inner
+            .backend
+            .send(m.subject.into_string(), m.headers, m.payload)
+            .await;
+        self.window.push_back(InFlight {
+            index,
+            event,
+            id: m.id,
+            time: m.time,
+            attempt,
+            deadline: tokio::time::Instant::now() + self.inner.config.publish_timeout,
+            ack,
+        });
+    }
+
+    /// Waits for the oldest publish's acknowledgement: records its outcome, or sends it again.
+    async fn settle_front(&mut self) {
+        let Some(f) = self.window.pop_front() else {
+            return;
+        };
+        let result = match f.ack {
+            Ok(fut) => tokio::time::timeout_at(f.deadline, fut.wait())
+                .await
+                .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut))),
+            Err(e) => Err(e),
+        };
+        let e = match result {
+            Ok(ack) => {
+                self.last_progress = Instant::now();
+                self.out[f.index] = Some(Ok(Published {
                     stream: ack.stream,
                     sequence: ack.sequence,
                     duplicate: ack.duplicate,
                     id: f.id,
-                }),
-                Err(e) if retryable(&e.kind()) && inner.config.publish_attempts > 1 => {
-                    let options = crate::envelope::EncodeOptions {
-                        source: &inner.service,
-                        id: Some(&f.id),
-                        ..Default::default()
-                    };
-                    match crate::envelope::encode_at(f.event, &options, Some(f.time)) {
-                        Ok(m) => {
-                            let subject = m.subject.into_string();
-                            tracing::warn!(target: "eventbus::publish", %subject, id = %f.id, attempt = 1, error = %e, "publish not acknowledged; sending again with the same id");
-                            publish_acked(
-                                &inner.backend,
-                                inner.config.publish_attempts - 1,
-                                &subject,
-                                &f.id,
-                                m.headers,
-                                m.payload,
-                                headers_again(f.event, &options, f.time),
-                            )
-                            .await
-                        }
-                        Err(encode_error) => Err(encode_error),
-                    }
-                }
-                Err(e) => {
-                    let subject = f
-                        .event
-                        .event_subject()
-                        .map(|s| s.into_string())
-                        .unwrap_or_default();
-                    Err(publish_error(&subject, e))
-                }
-            };
-            (f.index, r)
-        }
-
-        for (index, event) in events.enumerate() {
-            out.push(None);
-            let encoded = match crate::envelope::encode(event, &options) {
-                Ok(e) => e,
-                Err(e) => {
-                    out[index] = Some(Err(e));
-                    continue;
-                }
-            };
-            if window.len() == PIPELINE_WINDOW {
-                let f = window.pop_front().expect("full window");
-                let (i, r) = finish(inner, f).await;
-                out[i] = Some(r);
+                }));
+                return;
             }
-            let ack = inner
-                .backend
-                .send(
-                    encoded.subject.into_string(),
-                    encoded.headers,
-                    encoded.payload,
-                )
-                .await;
-            window.push_back(InFlight {
-                index,
-                event,
-                id: encoded.id,
-                time: encoded.time,
-                ack,
-            });
+            Err(e) => e,
+        };
+        let subject = f
+            .event
+            .event_subject()
+            .map(|s| s.into_string())
+            .unwrap_or_default();
+        if !retryable(&e.kind()) {
+            // The server answered: it is there.
+            self.last_progress = Instant::now();
+            self.out[f.index] = Some(Err(publish_error(&subject, e)));
+            return;
         }
-        while let Some(f) = window.pop_front() {
-            let (i, r) = finish(inner, f).await;
-            out[i] = Some(r);
+        let config = &self.inner.config;
+        if self.stopped.is_none() {
+            let silent = self.last_progress.elapsed();
+            if f.attempt >= config.publish_attempts {
+                self.stopped = Some(format!(
+                    "event {} on `{subject}` was not acknowledged after {} attempts",
+                    f.index, f.attempt
+                ));
+            } else if silent >= config.publish_timeout * config.publish_attempts {
+                self.stopped = Some(format!(
+                    "the server acknowledged nothing for {} ms",
+                    silent.as_millis()
+                ));
+            }
+            if let Some(why) = &self.stopped {
+                tracing::warn!(target: "eventbus::publish", reason = %why, "publish_all stops sending");
+            }
         }
-        out.into_iter()
-            .map(|r| r.expect("every event has an outcome"))
-            .collect()
+        if self.stopped.is_some() {
+            self.out[f.index] = Some(Err(publish_error(&subject, e)));
+            return;
+        }
+        let options = EncodeOptions {
+            source: &self.inner.service,
+            id: Some(&f.id),
+            ..Default::default()
+        };
+        match crate::envelope::encode_at(f.event, &options, Some(f.time)) {
+            Ok(m) => {
+                tracing::warn!(target: "eventbus::publish", %subject, id = %f.id, attempt = f.attempt, error = %e, "publish not acknowledged; sending again with the same id");
+                self.send(f.index, f.event, m, f.attempt + 1).await;
+            }
+            Err(encode_error) => self.out[f.index] = Some(Err(encode_error)),
+        }
     }
+}
+
+/// The error of an event that `publish_all` did not send, having stopped.
+fn not_sent<E: EventSet>(event: &E, why: &str) -> Error {
+    let subject = event
+        .event_subject()
+        .map(|s| s.into_string())
+        .unwrap_or_default();
+    Error::new(
+        ErrorKind::Publish,
+        format!("event on `{subject}` was not sent, so it is not stored: publish_all stopped sending because {why}"),
+    )
 }

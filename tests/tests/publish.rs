@@ -686,6 +686,101 @@ async fn publish_all_retried_after_a_lost_acknowledgement_stores_each_event_once
     bus.shutdown().await.unwrap();
 }
 
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_silent_all", name = "placed")]
+struct SilentAllPlaced {
+    #[event(aggregate_id)]
+    id: String,
+    n: usize,
+}
+
+/// Against a server that answers nothing, `publish_all` stops once its attempts are used,
+/// instead of trying event after event (1024 × 2 × 300 ms, ten minutes, before), and what it
+/// says of each event is true: an event it reports as not sent is never stored, an event it
+/// reports as timed out is stored at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_stops_on_a_silent_server_and_says_which_events_were_not_sent() {
+    let server = NatsServer::start().await;
+    let bus = eventbus::builder()
+        .config(Config {
+            publish_timeout: Duration::from_millis(300),
+            publish_attempts: 3,
+            ..Config::default()
+        })
+        .no_env()
+        .url(server.url())
+        .service("pub")
+        .reconnect_wait(Duration::from_millis(100))
+        .max_reconnects(None)
+        .without_handlers()
+        .start()
+        .await
+        .unwrap();
+    let marker = |n| SilentAllPlaced {
+        id: "marker".into(),
+        n,
+    };
+    // The stream exists before the server falls silent.
+    bus.publish(&marker(0)).await.unwrap();
+    let events: Vec<SilentAllPlaced> = (1..=5000)
+        .map(|n| SilentAllPlaced {
+            id: format!("s{}", n % 7),
+            n,
+        })
+        .collect();
+
+    let pid = server.pid().expect("running");
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    let results = tokio::time::timeout(TIMEOUT, bus.publish_all(&events))
+        .await
+        .expect("publish_all returns while the server is still silent");
+    assert_eq!(results.len(), events.len());
+    let (mut timed_out, mut not_sent) = (Vec::new(), Vec::new());
+    for (event, r) in events.iter().zip(&results) {
+        match r {
+            Err(e) if e.kind() == ErrorKind::Timeout => timed_out.push(event.n),
+            Err(e) if e.kind() == ErrorKind::Publish => {
+                let text = e.to_string();
+                assert!(text.contains("was not sent"), "{text}");
+                assert!(text.contains("not acknowledged"), "says why: {text}");
+                not_sent.push(event.n);
+            }
+            other => panic!("event {}: {other:?} from a silent server", event.n),
+        }
+    }
+    assert!(
+        !timed_out.is_empty() && timed_out.len() <= 1024,
+        "at most a window of events was sent: {}",
+        timed_out.len()
+    );
+    assert_eq!(timed_out.len() + not_sent.len(), events.len());
+
+    // The server comes back and works through what reached it; an awaited publish on the same
+    // connection is stored after all of that.
+    signal(pid, "CONT");
+    drop(resume);
+    let last = tokio::time::timeout(TIMEOUT, bus.publish(&marker(usize::MAX)))
+        .await
+        .expect("the server answers again")
+        .expect("the marker is stored");
+    let stored = Probe::new(&server).await.all("PUB_SILENT_ALL").await;
+    assert_eq!(stored.last().map(|m| m.sequence), Some(last.sequence));
+    let mut copies = std::collections::HashMap::new();
+    for m in &stored[1..stored.len() - 1] {
+        let body: SilentAllPlaced = serde_json::from_slice(&m.payload).unwrap();
+        *copies.entry(body.n).or_insert(0) += 1;
+    }
+    for (n, count) in &copies {
+        assert!(
+            timed_out.contains(n),
+            "event {n} was stored, so it was sent: it must not be reported as not sent"
+        );
+        assert_eq!(*count, 1, "event {n} stored once");
+    }
+    bus.shutdown().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. publish_all reports each outcome, in order
 // ---------------------------------------------------------------------------------------------
