@@ -42,10 +42,16 @@ async fn publisher(server: &NatsServer) -> Bus {
 /// A bus that waits 1 s for each acknowledgement and makes up to 20 attempts, reconnecting
 /// every 100 ms: for the tests that take the server away while a publish waits.
 async fn impatient_publisher(server: &NatsServer) -> Bus {
+    publisher_waiting(server, Duration::from_secs(1), 20).await
+}
+
+/// A bus that waits `timeout` for each acknowledgement and makes up to `attempts` attempts,
+/// reconnecting every 100 ms.
+async fn publisher_waiting(server: &NatsServer, timeout: Duration, attempts: u32) -> Bus {
     eventbus::builder()
         .config(Config {
-            publish_timeout: Duration::from_secs(1),
-            publish_attempts: 20,
+            publish_timeout: timeout,
+            publish_attempts: attempts,
             ..Config::default()
         })
         .no_env()
@@ -701,21 +707,7 @@ struct SilentAllPlaced {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_all_stops_on_a_silent_server_and_says_which_events_were_not_sent() {
     let server = NatsServer::start().await;
-    let bus = eventbus::builder()
-        .config(Config {
-            publish_timeout: Duration::from_millis(300),
-            publish_attempts: 3,
-            ..Config::default()
-        })
-        .no_env()
-        .url(server.url())
-        .service("pub")
-        .reconnect_wait(Duration::from_millis(100))
-        .max_reconnects(None)
-        .without_handlers()
-        .start()
-        .await
-        .unwrap();
+    let bus = publisher_waiting(&server, Duration::from_millis(300), 3).await;
     let marker = |n| SilentAllPlaced {
         id: "marker".into(),
         n,
