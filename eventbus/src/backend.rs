@@ -476,17 +476,21 @@ impl Backend {
         }
     }
 
-    /// The stream that stores a concrete subject.
-    pub(crate) async fn stream_by_subject(&self, subject: &str) -> Result<String, Error> {
-        let ctx = || format!("no stream stores subject `{subject}`");
+    /// The stream that stores a concrete subject; `None` if none does.
+    pub(crate) async fn stream_by_subject(&self, subject: &str) -> Result<Option<String>, Error> {
         match self {
-            Backend::Nats(js) => js
-                .stream_by_subject(subject)
-                .await
-                .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e)),
-            Backend::Memory(b) => b
-                .stream_by_subject(subject)
-                .ok_or_else(|| Error::new(ErrorKind::Read, ctx())),
+            Backend::Nats(js) => match js.stream_by_subject(subject).await {
+                Ok(name) => Ok(Some(name)),
+                Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => {
+                    Ok(None)
+                }
+                Err(e) => Err(Error::new(
+                    ErrorKind::Read,
+                    format!("cannot look up the stream that stores subject `{subject}`"),
+                )
+                .with_source(e)),
+            },
+            Backend::Memory(b) => Ok(b.stream_by_subject(subject)),
         }
     }
 

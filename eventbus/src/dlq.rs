@@ -52,19 +52,18 @@ fn header(h: &HeaderMap, name: &str) -> String {
 }
 
 impl Bus {
-    async fn dlq_stream_name(&self) -> Result<String, Error> {
-        self.inner
-            .backend
-            .stream_by_subject("dlq.x")
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Read, "no dead-letter stream stores `dlq.>`").with_source(e)
-            })
+    /// The dead-letter stream, if there is one (it is created with the first consumer that
+    /// acknowledges explicitly).
+    async fn dlq_stream_name(&self) -> Result<Option<String>, Error> {
+        self.inner.backend.stream_by_subject("dlq.x").await
     }
 
-    /// Every dead letter, oldest first; of one consumer only if `consumer` is given.
+    /// Every dead letter, oldest first; of one consumer only if `consumer` is given. None
+    /// (an empty list) when there is no dead-letter stream.
     pub async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
-        let name = self.dlq_stream_name().await?;
+        let Some(name) = self.dlq_stream_name().await? else {
+            return Ok(Vec::new());
+        };
         let opened = open(&self.inner, &name).await?;
         let filter = match consumer {
             Some(c) => format!("dlq.{c}"),
@@ -103,7 +102,12 @@ impl Bus {
     /// header (`{original stream}:{original sequence}`); [`Bus::read`] and [`Bus::load`] skip
     /// it, so the aggregate's history holds the event once (its versions count the copy).
     pub async fn republish_dead_letter(&self, sequence: u64) -> Result<Published, Error> {
-        let name = self.dlq_stream_name().await?;
+        let name = self.dlq_stream_name().await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Read,
+                format!("no dead letter with sequence {sequence}: there is no dead-letter stream (`dlq.>`)"),
+            )
+        })?;
         let m = self.inner.backend.get(&name, sequence).await.map_err(|e| {
             Error::new(
                 ErrorKind::Read,

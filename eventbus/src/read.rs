@@ -85,12 +85,11 @@ pub(crate) async fn stream_of(
     id: &str,
 ) -> Result<String, Error> {
     let probe = format!("{aggregate}.{id}.x");
-    backend.stream_by_subject(&probe).await.map_err(|e| {
+    backend.stream_by_subject(&probe).await?.ok_or_else(|| {
         Error::new(
             ErrorKind::Read,
             format!("no stream stores the events of aggregate `{aggregate}`"),
         )
-        .with_source(e)
     })
 }
 

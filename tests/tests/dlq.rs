@@ -317,3 +317,34 @@ async fn a_dead_letter_that_cannot_be_republished_stays() {
     assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
     bus.shutdown().await.unwrap();
 }
+
+/// Before any dead-letter stream exists (a service without handlers, or with `ack = none` ones
+/// only), there are no dead letters: an empty list, not an error; republishing one names what
+/// is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_stream_there_are_no_dead_letters() {
+    for memory in [false, true] {
+        let server = if memory {
+            None
+        } else {
+            Some(NatsServer::start().await)
+        };
+        let url = server
+            .as_ref()
+            .map_or_else(|| "memory://dlq-none".to_owned(), NatsServer::url);
+        let builder = eventbus::builder().no_env().service("dlq-none").url(url);
+        let bus = builder.without_handlers().start().await.unwrap();
+        assert_eq!(bus.is_in_process(), memory);
+        assert!(bus.dead_letters(None).await.unwrap().is_empty());
+        assert!(bus
+            .dead_letters(Some("dlq-none-x"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(bus.republish_dead_letters(None).await.unwrap().is_empty());
+        let err = bus.republish_dead_letter(1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Read);
+        assert!(err.to_string().contains("no dead-letter stream"), "{err}");
+        bus.shutdown().await.unwrap();
+    }
+}
