@@ -2,7 +2,7 @@
 //! runtime talks to both through this one enum, so the same dispatch, publishing and reading
 //! code runs on either.
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
@@ -12,6 +12,10 @@ use futures::StreamExt;
 use crate::error::{Error, ErrorKind};
 use crate::memory::{self, Broker, Settle};
 use crate::publish::retryable;
+
+/// How long a publish that found no stream, though one stores its subject, waits before it is
+/// sent again (times the attempt).
+pub(crate) const NO_STREAM_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 use crate::pull::{NatsPuller, PullEvent};
 
 /// A stored message, as a read returns it.
@@ -446,18 +450,36 @@ impl Backend {
                 Ok(f) => f.wait().await,
                 Err(e) => Err(e),
             };
-            match result {
-                Err(e) if retryable(&e.kind()) && attempt < attempts => match again() {
-                    Some(h) => {
-                        tracing::warn!(target: "eventbus::publish", %subject, attempt, error = %e, "publish not acknowledged; sending again with the same id");
-                        headers = h;
-                        attempt += 1;
-                    }
-                    None => return Err(e),
-                },
+            let e = match result {
+                Err(e) if attempt < attempts => e,
                 other => return other,
+            };
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                if !self.stream_not_reached_yet(subject).await {
+                    return Err(e);
+                }
+                tokio::time::sleep(NO_STREAM_PAUSE * attempt).await;
+            } else if !retryable(&e.kind()) {
+                return Err(e);
+            }
+            match again() {
+                Some(h) => {
+                    tracing::warn!(target: "eventbus::publish", %subject, attempt, error = %e, "publish not acknowledged; sending again with the same id");
+                    headers = h;
+                    attempt += 1;
+                }
+                None => return Err(e),
             }
         }
+    }
+
+    /// Whether a publish that found no stream (no responders) may find it on another attempt:
+    /// unless the server says that no stream stores the subject. In a cluster, the subjects of
+    /// a stream just created reach the other servers a moment later, and a stream whose
+    /// servers are away has nobody to answer until one is back; a lookup that fails (the
+    /// cluster electing a leader) cannot tell, and the attempts are bounded.
+    pub(crate) async fn stream_not_reached_yet(&self, subject: &str) -> bool {
+        !matches!(self.stream_by_subject(subject).await, Ok(None))
     }
 
     /// Sends a publish; the returned future gives its acknowledgement.

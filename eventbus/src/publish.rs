@@ -182,6 +182,7 @@ impl crate::bus::Bus {
             window: VecDeque::with_capacity(PIPELINE_WINDOW),
             last_progress: Instant::now(),
             stopped: None,
+            stream_exists: None,
         };
         let options = EncodeOptions {
             source: &self.inner.service,
@@ -212,19 +213,24 @@ impl crate::bus::Bus {
     }
 }
 
-/// A publish of `publish_all` waiting for its acknowledgement. Its message went to the client
-/// as it was: should it be sent again, the event is encoded again with the same id and time.
-struct InFlight<'a, E> {
+/// One event of `publish_all`, as sent. Its message went to the client as it was: should it be
+/// sent again, the event is encoded again with the same id and time.
+struct Sent<'a, E> {
     index: usize,
     event: &'a E,
     id: String,
     time: time::OffsetDateTime,
     /// Which attempt this is, from 1.
     attempt: u32,
-    /// When the acknowledgement is late: `publish_timeout` after the send. (The client's own
-    /// timeout starts only when its future is first awaited, which for the last of the window
-    /// is long after the send.)
-    deadline: tokio::time::Instant,
+}
+
+/// A publish of `publish_all` waiting for its acknowledgement.
+struct InFlight<'a, E> {
+    sent: Sent<'a, E>,
+    /// When it was sent. Its acknowledgement is late `publish_timeout` after that (the
+    /// client's own timeout starts only when its future is first awaited, which for the last
+    /// of the window is long after the send).
+    sent_at: tokio::time::Instant,
     ack: Result<AckFuture, PublishError>,
 }
 
@@ -239,6 +245,8 @@ struct PublishAll<'b, 'a, E> {
     last_progress: Instant,
     /// Why sending stopped, once it did.
     stopped: Option<String>,
+    /// Whether a stream stores the events' subjects, once a publish found none.
+    stream_exists: Option<bool>,
 }
 
 impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
@@ -249,23 +257,31 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             .send(m.subject.into_string(), m.headers, m.payload)
             .await;
         self.window.push_back(InFlight {
-            index,
-            event,
-            id: m.id,
-            time: m.time,
-            attempt,
-            deadline: tokio::time::Instant::now() + self.inner.config.publish_timeout,
+            sent: Sent {
+                index,
+                event,
+                id: m.id,
+                time: m.time,
+                attempt,
+            },
+            sent_at: tokio::time::Instant::now(),
             ack,
         });
     }
 
     /// Waits for the oldest publish's acknowledgement: records its outcome, or sends it again.
     async fn settle_front(&mut self) {
-        let Some(f) = self.window.pop_front() else {
+        let Some(InFlight {
+            sent: f,
+            sent_at,
+            ack,
+        }) = self.window.pop_front()
+        else {
             return;
         };
-        let result = match f.ack {
-            Ok(fut) => tokio::time::timeout_at(f.deadline, fut.wait())
+        let deadline = sent_at + self.inner.config.publish_timeout;
+        let result = match ack {
+            Ok(fut) => tokio::time::timeout_at(deadline, fut.wait())
                 .await
                 .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut))),
             Err(e) => Err(e),
@@ -288,13 +304,26 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             .event_subject()
             .map(|s| s.into_string())
             .unwrap_or_default();
+        let config = &self.inner.config;
+        if e.kind() == PublishErrorKind::StreamNotFound
+            && f.attempt < config.publish_attempts
+            && self.stopped.is_none()
+            && self.stream_not_reached_yet(&subject).await
+        {
+            // Like a timeout, but answered at once: send it again a pause after it was sent,
+            // growing with the attempt as for `publish`. The window's events were sent close
+            // together: the first one waits, the others mostly find their pause over.
+            let pause = crate::backend::NO_STREAM_PAUSE * f.attempt;
+            tokio::time::sleep_until(sent_at + pause).await;
+            self.send_again(f, &e).await;
+            return;
+        }
         if !retryable(&e.kind()) {
             // The server answered: it is there.
             self.last_progress = Instant::now();
             self.out[f.index] = Some(Err(publish_error(&subject, e)));
             return;
         }
-        let config = &self.inner.config;
         if self.stopped.is_none() {
             let silent = self.last_progress.elapsed();
             if f.attempt >= config.publish_attempts {
@@ -316,6 +345,23 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             self.out[f.index] = Some(Err(publish_error(&subject, e)));
             return;
         }
+        self.send_again(f, &e).await;
+    }
+
+    /// Whether a publish that found no stream may find it on another attempt (see
+    /// [`crate::backend::Backend::stream_not_reached_yet`]): looked up once per call, as the
+    /// events of one set share their aggregate's stream.
+    async fn stream_not_reached_yet(&mut self, subject: &str) -> bool {
+        if let Some(known) = self.stream_exists {
+            return known;
+        }
+        let exists = self.inner.backend.stream_not_reached_yet(subject).await;
+        self.stream_exists = Some(exists);
+        exists
+    }
+
+    /// Sends a publish again, encoded with its first id and time, at the back of the window.
+    async fn send_again(&mut self, f: Sent<'a, E>, e: &PublishError) {
         let options = EncodeOptions {
             source: &self.inner.service,
             id: Some(&f.id),
@@ -323,7 +369,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         };
         match crate::envelope::encode_at(f.event, &options, Some(f.time)) {
             Ok(m) => {
-                tracing::warn!(target: "eventbus::publish", %subject, id = %f.id, attempt = f.attempt, error = %e, "publish not acknowledged; sending again with the same id");
+                tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.attempt, error = %e, "publish not acknowledged; sending again with the same id");
                 self.send(f.index, f.event, m, f.attempt + 1).await;
             }
             Err(encode_error) => self.out[f.index] = Some(Err(encode_error)),

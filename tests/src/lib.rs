@@ -26,10 +26,12 @@
 
 mod cluster;
 mod monitor;
+mod retries;
 mod server;
 mod wait;
 
 pub use cluster::NatsCluster;
+pub use retries::Retries;
 pub use server::{
     locate_nats_server, NatsServer, NatsServerBuilder, Version, BIN_ENV, INSTALL_HINT, MIN_VERSION,
 };

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use eventbus::prelude::*;
 use eventbus::{Config, Credentials, ErrorKind, StreamOptions, TlsConfig};
-use eventbus_tests::{wait_for, wait_until, NatsCluster, NatsServer};
+use eventbus_tests::{wait_for, wait_until, NatsCluster, NatsServer, Retries};
 
 /// How long any one condition may take to come true.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -531,5 +531,109 @@ async fn a_stream_with_three_replicas_on_a_cluster_survives_its_leader() {
         *REPLICA.lock().unwrap(),
         (0..2 * N).collect::<BTreeSet<_>>()
     );
+    bus.shutdown().await.unwrap();
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "cn_away", name = "noted")]
+struct AwayNoted {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+/// A publish to a stream whose only server is away finds nobody to answer ("no responders"),
+/// though the stream exists: it is sent again, and stored once that server is back, instead of
+/// failing as if no stream stored its subject. (The same answer meets a publish through one
+/// server of a cluster before a stream just created there has reached it.)
+#[tokio::test]
+async fn a_publish_to_a_stream_whose_server_is_away_is_stored_once_it_is_back() {
+    let mut cluster = NatsCluster::start(3).await;
+    let bus = eventbus::builder()
+        .config(Config {
+            publish_timeout: Duration::from_secs(1),
+            // Sent again after 50 ms × the attempt: up to 20 s for the server to come back.
+            publish_attempts: 30,
+            ..Config::default()
+        })
+        .no_env()
+        .url(cluster.urls().join(","))
+        .service("cn-away")
+        .without_handlers()
+        .reconnect_wait(Duration::from_millis(100))
+        .max_reconnects(None)
+        .start()
+        .await
+        .unwrap();
+    let js = jetstream::new(cluster.connect().await);
+    let node = wait_for(TIMEOUT, "CN_AWAY is placed on a server", || async {
+        let mut stream = js.get_stream("CN_AWAY").await.ok()?;
+        let info = stream.info().await.ok()?;
+        info.cluster.clone()?.leader.filter(|l| !l.is_empty())
+    })
+    .await;
+    let index = cluster
+        .servers()
+        .iter()
+        .position(|s| s.name() == node)
+        .unwrap_or_else(|| panic!("{node} is a member"));
+    cluster.stop(index);
+
+    let retries = Retries::default();
+    let publish = tokio::spawn(retries.attach({
+        let bus = bus.clone();
+        async move { bus.publish(&AwayNoted { id: "a-1".into() }).await }
+    }));
+    wait_until(
+        TIMEOUT,
+        "the publish found nobody and is sent again",
+        || async { retries.count() >= 1 },
+    )
+    .await;
+    cluster.start_again(index).await;
+    let published = tokio::time::timeout(TIMEOUT, publish)
+        .await
+        .expect("the publish completes once the stream's server is back")
+        .expect("the publishing task")
+        .expect("the event is stored");
+    assert_eq!(published.stream, "CN_AWAY");
+    let stored = wait_for(TIMEOUT, "CN_AWAY answers again", || async {
+        let mut stream = js.get_stream("CN_AWAY").await.ok()?;
+        Some(stream.info().await.ok()?.state.messages)
+    })
+    .await;
+    assert_eq!(stored, 1, "one copy");
+
+    // The same for publish_all: each event is sent again until the server is back.
+    cluster.stop(index);
+    let retries = Retries::default();
+    let events: Vec<AwayNoted> = (2..=50)
+        .map(|n| AwayNoted {
+            id: format!("a-{n}"),
+        })
+        .collect();
+    let publish = tokio::spawn(retries.attach({
+        let bus = bus.clone();
+        async move { bus.publish_all(&events).await }
+    }));
+    wait_until(
+        TIMEOUT,
+        "publish_all found nobody and sends again",
+        || async { retries.count() >= 1 },
+    )
+    .await;
+    cluster.start_again(index).await;
+    let results = tokio::time::timeout(TIMEOUT, publish)
+        .await
+        .expect("publish_all completes once the stream's server is back")
+        .expect("the publishing task");
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "event {i}: {r:?}");
+    }
+    let stored = wait_for(TIMEOUT, "CN_AWAY answers again", || async {
+        let mut stream = js.get_stream("CN_AWAY").await.ok()?;
+        Some(stream.info().await.ok()?.state.messages)
+    })
+    .await;
+    assert_eq!(stored, 50, "one copy of each");
     bus.shutdown().await.unwrap();
 }

@@ -7,18 +7,13 @@
 //! Every test starts its own server; each has an aggregate of its own (`pub_*`). Buses run no
 //! handler (`without_handlers`) unless the test is about one, which they then name.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::StreamMessage};
 use async_nats::HeaderMap;
 use eventbus::prelude::*;
 use eventbus::{Config, ErrorKind, PublishOptions, StreamOptions};
-use eventbus_tests::{wait_for, wait_until, NatsServer};
-use tracing::instrument::WithSubscriber;
-use tracing_subscriber::layer::SubscriberExt;
+use eventbus_tests::{wait_for, wait_until, NatsServer, Retries};
 
 /// How long any one condition may take to come true.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -122,30 +117,6 @@ impl Probe {
 
 fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
     m.headers.get(name).map(|v| v.as_str())
-}
-
-/// Counts eventbus's "publish not acknowledged; sending again with the same id" warnings in
-/// the futures it is attached to, so a test can wait until a publish has been retried.
-#[derive(Clone, Default)]
-struct Retries(Arc<AtomicUsize>);
-
-impl Retries {
-    fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    fn attach<F: Future>(&self, f: F) -> impl Future<Output = F::Output> {
-        f.with_subscriber(tracing_subscriber::registry().with(self.clone()))
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Retries {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let meta = event.metadata();
-        if meta.target() == "eventbus::publish" && *meta.level() == tracing::Level::WARN {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
