@@ -541,6 +541,15 @@ struct AwayNoted {
     id: String,
 }
 
+/// How many messages `stream` holds, once its server answers.
+async fn stored_count(js: &jetstream::Context, stream: &str) -> u64 {
+    wait_for(TIMEOUT, &format!("{stream} answers"), || async {
+        let mut s = js.get_stream(stream).await.ok()?;
+        Some(s.info().await.ok()?.state.messages)
+    })
+    .await
+}
+
 /// A publish to a stream whose only server is away finds nobody to answer ("no responders"),
 /// though the stream exists: it is sent again, and stored once that server is back, instead of
 /// failing as if no stream stored its subject. (The same answer meets a publish through one
@@ -596,11 +605,7 @@ async fn a_publish_to_a_stream_whose_server_is_away_is_stored_once_it_is_back() 
         .expect("the publishing task")
         .expect("the event is stored");
     assert_eq!(published.stream, "CN_AWAY");
-    let stored = wait_for(TIMEOUT, "CN_AWAY answers again", || async {
-        let mut stream = js.get_stream("CN_AWAY").await.ok()?;
-        Some(stream.info().await.ok()?.state.messages)
-    })
-    .await;
+    let stored = stored_count(&js, "CN_AWAY").await;
     assert_eq!(stored, 1, "one copy");
 
     // The same for publish_all: each event is sent again until the server is back.
@@ -629,11 +634,7 @@ async fn a_publish_to_a_stream_whose_server_is_away_is_stored_once_it_is_back() 
     for (i, r) in results.iter().enumerate() {
         assert!(r.is_ok(), "event {i}: {r:?}");
     }
-    let stored = wait_for(TIMEOUT, "CN_AWAY answers again", || async {
-        let mut stream = js.get_stream("CN_AWAY").await.ok()?;
-        Some(stream.info().await.ok()?.state.messages)
-    })
-    .await;
+    let stored = stored_count(&js, "CN_AWAY").await;
     assert_eq!(stored, 50, "one copy of each");
     bus.shutdown().await.unwrap();
 }
