@@ -118,7 +118,7 @@ impl Recorder {
 }
 
 /// A bus on its own in-process broker (a fresh one per test bus, unless
-/// [`TestBus::with_url`] names a shared one), with a recorder. It dereferences to [`Bus`], so
+/// [`TestBus::builder`] names a shared one), with a recorder. It dereferences to [`Bus`], so
 /// it publishes, reads, loads and lists dead letters like any bus.
 #[derive(Debug)]
 pub struct TestBus {
