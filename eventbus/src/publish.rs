@@ -156,7 +156,9 @@ impl crate::bus::Bus {
     /// in its place.
     ///
     /// A publish that is not acknowledged in time is sent again with the same id (so the server
-    /// keeps one copy) without holding up the others, up to `publish_attempts` times. When the
+    /// keeps one copy) without holding up the others, up to `publish_attempts` times; so is one
+    /// that found nobody to answer although a stream stores its subject, after 50 ms × the
+    /// attempt (see [`crate::Bus::publish`]). When the
     /// server is out of reach, `publish_all` does not go on trying event after event: once an
     /// event has used all its attempts, or nothing was acknowledged for `publish_attempts` ×
     /// `publish_timeout`, it stops sending and retrying, waits for what is under way, and
