@@ -21,7 +21,7 @@
 //! main" is `#[tokio::main]`'s own thread, outside the runtime's workers, as in a one-off
 //! script. On main, every message handed to the connection's task wakes a worker thread of the
 //! runtime, and the messages are allocated on one thread and freed on another: a publisher that
-//! allocates per message (eventbus builds ten headers) pays for it there, more than in a task.
+//! allocates per message (eventbus builds nine headers) pays for it there, more than in a task.
 //!
 //! It prints each round's rates, the CPU time per event of this process and of the server, and
 //! per mode the ratio raw time / eventbus time over all rounds, with the median of the rounds'
