@@ -13,10 +13,11 @@ use crate::error::{Error, ErrorKind};
 use crate::memory::{self, Broker, Settle};
 use crate::publish::retryable;
 
+use crate::pull::{NatsPuller, PullEvent};
+
 /// How long a publish that found no stream, though one stores its subject, waits before it is
 /// sent again (times the attempt).
 pub(crate) const NO_STREAM_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
-use crate::pull::{NatsPuller, PullEvent};
 
 /// A stored message, as a read returns it.
 #[derive(Debug, Clone)]
