@@ -12,7 +12,6 @@ use futures::StreamExt;
 use crate::error::{Error, ErrorKind};
 use crate::memory::{self, Broker, Settle};
 use crate::publish::retryable;
-
 use crate::pull::{NatsPuller, PullEvent};
 
 /// How long a publish that found no stream, though one stores its subject, waits before it is
