@@ -24,13 +24,17 @@
 //! A server is killed and its store removed when dropped; when that happens because a test is
 //! panicking, the end of the server's log is printed to stderr.
 
+mod bus;
 mod cluster;
 mod monitor;
+mod probe;
 mod retries;
 mod server;
 mod wait;
 
+pub use bus::publisher;
 pub use cluster::NatsCluster;
+pub use probe::Probe;
 pub use retries::Retries;
 pub use server::{
     locate_nats_server, NatsServer, NatsServerBuilder, Version, BIN_ENV, INSTALL_HINT, MIN_VERSION,

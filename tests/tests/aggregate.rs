@@ -14,14 +14,7 @@ use tokio::sync::Barrier;
 
 /// A bus of service `ag` on `url`, running no handler.
 async fn writer(url: &str) -> Bus {
-    eventbus::builder()
-        .no_env()
-        .url(url)
-        .service("ag")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("the bus does not start: {e}"))
+    eventbus_tests::publisher(url, "ag").await
 }
 
 // ---------------------------------------------------------------------------------------------

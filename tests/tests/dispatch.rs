@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, message::StreamMessage};
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::HeaderMap;
 use eventbus::prelude::*;
 use eventbus::{PublishOptions, Published};
-use eventbus_tests::{wait_for, wait_until, NatsServer};
+use eventbus_tests::{wait_for, wait_until, NatsServer, Probe};
 
 /// How long any one condition may take to come true.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -34,103 +34,6 @@ async fn start_bus(server: &NatsServer, service: &str, handler: &str) -> Bus {
         .start()
         .await
         .unwrap_or_else(|e| panic!("bus `{service}` with handler `{handler}` does not start: {e}"))
-}
-
-/// A plain JetStream client of the test's own, to look at what the bus did.
-struct Probe {
-    js: jetstream::Context,
-}
-
-impl Probe {
-    async fn new(server: &NatsServer) -> Probe {
-        Probe {
-            js: jetstream::new(server.connect().await),
-        }
-    }
-
-    async fn consumer(&self, stream: &str, name: &str) -> consumer::Info {
-        let stream = self
-            .js
-            .get_stream(stream)
-            .await
-            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"));
-        stream
-            .consumer_info(name)
-            .await
-            .unwrap_or_else(|e| panic!("no consumer `{name}`: {e}"))
-    }
-
-    /// Waits until the consumer has nothing pending and nothing waiting for an ack, and returns
-    /// its info then.
-    async fn settled(&self, stream: &str, name: &str) -> consumer::Info {
-        wait_for(
-            TIMEOUT,
-            format_args!("consumer `{name}` has nothing pending and nothing ack-pending"),
-            || async {
-                let info = self.consumer(stream, name).await;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(info)
-            },
-        )
-        .await
-    }
-
-    /// Every message in the dead-letter stream `DLQ`, in order.
-    async fn dead_letters(&self) -> Vec<StreamMessage> {
-        let stream = self
-            .js
-            .get_stream("DLQ")
-            .await
-            .expect("the DLQ stream exists");
-        let state = stream.get_info().await.expect("DLQ stream info").state;
-        let mut all = Vec::new();
-        if state.messages == 0 {
-            return all;
-        }
-        for seq in state.first_sequence..=state.last_sequence {
-            all.push(
-                stream
-                    .get_raw_message(seq)
-                    .await
-                    .expect("read a dead letter"),
-            );
-        }
-        all
-    }
-
-    /// Waits until the dead-letter stream holds `n` messages and returns them.
-    async fn wait_dead_letters(&self, n: usize) -> Vec<StreamMessage> {
-        wait_for(
-            TIMEOUT,
-            format_args!("the DLQ stream holds {n} dead letter(s)"),
-            || async {
-                let all = self.dead_letters().await;
-                (all.len() >= n).then_some(all)
-            },
-        )
-        .await
-    }
-
-    /// A stored message of a stream.
-    async fn stored(&self, stream: &str, sequence: u64) -> StreamMessage {
-        self.js
-            .get_stream(stream)
-            .await
-            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"))
-            .get_raw_message(sequence)
-            .await
-            .unwrap_or_else(|e| panic!("no message {sequence} in `{stream}`: {e}"))
-    }
-
-    /// Publishes a raw message, as another producer would, and returns its stream sequence.
-    async fn publish_raw(&self, subject: &str, headers: HeaderMap, body: &'static [u8]) -> u64 {
-        self.js
-            .publish_with_headers(subject.to_owned(), headers, body.into())
-            .await
-            .expect("send a raw message")
-            .await
-            .expect("the raw message is stored")
-            .sequence
-    }
 }
 
 fn header<'a>(msg: &'a StreamMessage, name: &str) -> Option<&'a str> {
@@ -204,7 +107,7 @@ async fn a_handled_event_is_acked_once() {
         ACK_SEEN.lock().unwrap().len() >= 5
     })
     .await;
-    let info = probe.settled("DSP_ACK", "dsp-ack_record").await;
+    let info = probe.settled(TIMEOUT, "DSP_ACK", "dsp-ack_record").await;
 
     let mut seen = ACK_SEEN.lock().unwrap().clone();
     seen.sort();
@@ -227,7 +130,7 @@ async fn a_handled_event_is_acked_once() {
         "all acked"
     );
     assert_eq!(info.num_redelivered, 0);
-    assert!(probe.dead_letters().await.is_empty());
+    assert!(probe.all("DLQ").await.is_empty());
     bus.shutdown().await.unwrap();
 }
 
@@ -272,7 +175,7 @@ async fn a_failed_event_is_retried_after_the_backoff_delay() {
         RETRY_CALLS.lock().unwrap().len() >= 3
     })
     .await;
-    let info = probe.settled("DSP_RETRY", "dsp-retry_flaky").await;
+    let info = probe.settled(TIMEOUT, "DSP_RETRY", "dsp-retry_flaky").await;
 
     let calls = RETRY_CALLS.lock().unwrap().clone();
     let attempts: Vec<u64> = calls.iter().map(|(a, _)| *a).collect();
@@ -293,7 +196,7 @@ async fn a_failed_event_is_retried_after_the_backoff_delay() {
     );
     assert_eq!(info.ack_floor.stream_sequence, 1, "acked after the success");
     assert!(
-        probe.dead_letters().await.is_empty(),
+        probe.all("DLQ").await.is_empty(),
         "a retried success is no dead letter"
     );
     bus.shutdown().await.unwrap();
@@ -343,8 +246,8 @@ async fn a_permanent_error_dead_letters_the_event_at_once() {
         )
         .await
         .unwrap();
-    let dead = probe.wait_dead_letters(1).await;
-    let info = probe.settled("DSP_PERM", "dsp-perm_reject").await;
+    let dead = probe.wait_all(TIMEOUT, "DLQ", 1).await;
+    let info = probe.settled(TIMEOUT, "DSP_PERM", "dsp-perm_reject").await;
 
     assert_eq!(
         PERM_CALLS.load(Ordering::SeqCst),
@@ -408,8 +311,10 @@ async fn the_last_allowed_delivery_failing_dead_letters_the_event() {
         .publish(&MaxDelShipped { id: "m1".into() })
         .await
         .unwrap();
-    let dead = probe.wait_dead_letters(1).await;
-    let info = probe.settled("DSP_MAXDEL", "dsp-maxdel_always_fails").await;
+    let dead = probe.wait_all(TIMEOUT, "DLQ", 1).await;
+    let info = probe
+        .settled(TIMEOUT, "DSP_MAXDEL", "dsp-maxdel_always_fails")
+        .await;
 
     assert_eq!(
         *MAXDEL_ATTEMPTS.lock().unwrap(),
@@ -471,7 +376,7 @@ async fn an_undecodable_body_is_dead_lettered_without_calling_the_handler() {
             b"this is not json",
         )
         .await;
-    let dead = probe.wait_dead_letters(1).await;
+    let dead = probe.wait_all(TIMEOUT, "DLQ", 1).await;
     // A good event after the bad one: once it is handled, the bad one is past for good.
     bus.publish(&UndecCreated {
         id: "u2".into(),
@@ -483,7 +388,9 @@ async fn an_undecodable_body_is_dead_lettered_without_calling_the_handler() {
         !UNDEC_SEEN.lock().unwrap().is_empty()
     })
     .await;
-    let info = probe.settled("DSP_UNDEC", "dsp-undec_record").await;
+    let info = probe
+        .settled(TIMEOUT, "DSP_UNDEC", "dsp-undec_record")
+        .await;
 
     assert_eq!(
         *UNDEC_SEEN.lock().unwrap(),
@@ -494,7 +401,7 @@ async fn an_undecodable_body_is_dead_lettered_without_calling_the_handler() {
         info.delivered.consumer_sequence, 2,
         "the undecodable event was delivered once"
     );
-    assert_eq!(probe.dead_letters().await.len(), 1);
+    assert_eq!(probe.all("DLQ").await.len(), 1);
     let dead = &dead[0];
     assert_eq!(dead.subject.as_str(), "dlq.dsp-undec_record");
     assert_eq!(&dead.payload[..], b"this is not json");
@@ -559,12 +466,12 @@ async fn an_unknown_event_type_is_dead_lettered() {
         .publish_raw("dsp_set.1.other", HeaderMap::new(), br#"{"id":"1"}"#)
         .await;
     bus.publish(&SetClosed { id: "1".into() }).await.unwrap();
-    let dead = probe.wait_dead_letters(1).await;
+    let dead = probe.wait_all(TIMEOUT, "DLQ", 1).await;
     wait_until(TIMEOUT, "both known events are handled", || async {
         SET_SEEN.lock().unwrap().len() >= 2
     })
     .await;
-    let info = probe.settled("DSP_SET", "dsp-set_record").await;
+    let info = probe.settled(TIMEOUT, "DSP_SET", "dsp-set_record").await;
 
     // Handled concurrently, so in either order.
     let seen = SET_SEEN.lock().unwrap().clone();
@@ -581,7 +488,7 @@ async fn an_unknown_event_type_is_dead_lettered() {
         info.delivered.consumer_sequence, 3,
         "each message delivered once"
     );
-    assert_eq!(probe.dead_letters().await.len(), 1);
+    assert_eq!(probe.all("DLQ").await.len(), 1);
     let dead = &dead[0];
     assert_eq!(dead.subject.as_str(), "dlq.dsp-set_record");
     assert_eq!(&dead.payload[..], br#"{"id":"1"}"#);
@@ -651,7 +558,7 @@ async fn a_panic_is_caught_and_retried_and_the_worker_lives_on() {
         PANIC_CALLS.lock().unwrap().len() >= 4
     })
     .await;
-    let info = probe.settled("DSP_PANIC", "dsp-panic_once").await;
+    let info = probe.settled(TIMEOUT, "DSP_PANIC", "dsp-panic_once").await;
 
     let calls = PANIC_CALLS.lock().unwrap().clone();
     let want = [
@@ -668,7 +575,7 @@ async fn a_panic_is_caught_and_retried_and_the_worker_lives_on() {
         info.delivered.consumer_sequence, 4,
         "p1 twice, the others once"
     );
-    assert!(probe.dead_letters().await.is_empty());
+    assert!(probe.all("DLQ").await.is_empty());
     bus.shutdown().await.unwrap();
 }
 
@@ -708,7 +615,7 @@ async fn a_handler_running_longer_than_ack_wait_keeps_its_event() {
         SLOW_FINISHED.load(Ordering::SeqCst) >= 1
     })
     .await;
-    let info = probe.settled("DSP_SLOW", "dsp-slow_export").await;
+    let info = probe.settled(TIMEOUT, "DSP_SLOW", "dsp-slow_export").await;
 
     assert_eq!(
         *SLOW_STARTED.lock().unwrap(),
@@ -718,7 +625,7 @@ async fn a_handler_running_longer_than_ack_wait_keeps_its_event() {
     assert_eq!(info.delivered.consumer_sequence, 1, "delivered once");
     assert_eq!(info.ack_floor.stream_sequence, 1, "acked");
     assert_eq!(info.num_redelivered, 0);
-    assert!(probe.dead_letters().await.is_empty());
+    assert!(probe.all("DLQ").await.is_empty());
     bus.shutdown().await.unwrap();
 }
 
@@ -751,14 +658,7 @@ async fn at_most_concurrency_events_run_at_once() {
     let server = NatsServer::start().await;
     let probe = Probe::new(&server).await;
     // Stored before the bus starts, so all twenty are there to be pulled at once.
-    let publisher = eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("dsp")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap();
+    let publisher = eventbus_tests::publisher(&server.url(), "dsp").await;
     for i in 0..20 {
         publisher
             .publish(&ConcResized {
@@ -773,7 +673,7 @@ async fn at_most_concurrency_events_run_at_once() {
         CONC_DONE.lock().unwrap().len() >= 20
     })
     .await;
-    let info = probe.settled("DSP_CONC", "dsp-conc_resize").await;
+    let info = probe.settled(TIMEOUT, "DSP_CONC", "dsp-conc_resize").await;
 
     assert_eq!(
         CONC_MAX.load(Ordering::SeqCst),
@@ -817,14 +717,7 @@ async fn backlog_work(event: BacklogQueued, ctx: EventContext) -> Result<(), Han
 async fn events_waiting_for_a_free_slot_are_not_redelivered() {
     let server = NatsServer::start().await;
     let probe = Probe::new(&server).await;
-    let publisher = eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("dsp")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap();
+    let publisher = eventbus_tests::publisher(&server.url(), "dsp").await;
     for i in 0..8 {
         publisher
             .publish(&BacklogQueued {
@@ -908,14 +801,7 @@ async fn ord_step(event: OrdStepped) -> Result<(), HandlerError> {
 async fn ordered_handles_one_aggregate_at_a_time_in_order_and_aggregates_in_parallel() {
     let server = NatsServer::start().await;
     let probe = Probe::new(&server).await;
-    let publisher = eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("dsp")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap();
+    let publisher = eventbus_tests::publisher(&server.url(), "dsp").await;
     let aggregates = ["a", "b", "c", "d"];
     for n in 0..5 {
         for id in aggregates {
@@ -931,7 +817,7 @@ async fn ordered_handles_one_aggregate_at_a_time_in_order_and_aggregates_in_para
         ord(|s| s.order.values().map(Vec::len).sum::<usize>() >= 20)
     })
     .await;
-    let info = probe.settled("DSP_ORD", "dsp-ord_step").await;
+    let info = probe.settled(TIMEOUT, "DSP_ORD", "dsp-ord_step").await;
 
     ord(|s| {
         for id in aggregates {
@@ -999,14 +885,7 @@ async fn ordfail_step(event: OrdFailStepped, ctx: EventContext) -> Result<(), Ha
 async fn ordered_retries_a_failed_event_before_its_aggregates_later_events() {
     let server = NatsServer::start().await;
     let probe = Probe::new(&server).await;
-    let publisher = eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("dsp")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap();
+    let publisher = eventbus_tests::publisher(&server.url(), "dsp").await;
     let events = [
         ("a", 0),
         ("a", 1),
@@ -1033,8 +912,10 @@ async fn ordered_retries_a_failed_event_before_its_aggregates_later_events() {
         ORDFAIL_CALLS.lock().unwrap().len() >= 11
     })
     .await;
-    let dead = probe.wait_dead_letters(1).await;
-    let info = probe.settled("DSP_ORDFAIL", "dsp-ordfail_step").await;
+    let dead = probe.wait_all(TIMEOUT, "DLQ", 1).await;
+    let info = probe
+        .settled(TIMEOUT, "DSP_ORDFAIL", "dsp-ordfail_step")
+        .await;
 
     let calls = ORDFAIL_CALLS.lock().unwrap().clone();
     let of = |id: &str| -> Vec<(u32, u64, bool)> {
@@ -1152,7 +1033,9 @@ async fn a_foreign_message_is_decoded_from_subject_and_body() {
         FOREIGN_SEEN.lock().unwrap().len() >= 2
     })
     .await;
-    let info = probe.settled("DSP_FOREIGN", "dsp-foreign_record").await;
+    let info = probe
+        .settled(TIMEOUT, "DSP_FOREIGN", "dsp-foreign_record")
+        .await;
 
     // Handled concurrently, so in either order.
     let mut seen = FOREIGN_SEEN.lock().unwrap().clone();
@@ -1182,7 +1065,7 @@ async fn a_foreign_message_is_decoded_from_subject_and_body() {
         ]
     );
     assert_eq!(info.delivered.consumer_sequence, 2);
-    assert!(probe.dead_letters().await.is_empty());
+    assert!(probe.all("DLQ").await.is_empty());
     bus.shutdown().await.unwrap();
 }
 
@@ -1247,7 +1130,7 @@ async fn ctx_publish_carries_correlation_and_sets_causation() {
     })
     .await;
     probe
-        .settled("DSP_CAUSE", "dsp-cause-cause_publishes")
+        .settled(TIMEOUT, "DSP_CAUSE", "dsp-cause-cause_publishes")
         .await;
 
     let mut records = CAUSE_PUBLISHED.lock().unwrap().clone();

@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use async_nats::HeaderMap;
 use eventbus::prelude::*;
 use eventbus::{DeadLetter, ErrorKind};
-use eventbus_tests::{wait_for, wait_until, NatsServer};
+use eventbus_tests::{wait_for, wait_until, NatsServer, Probe};
 
 /// How long any one condition may take to come true.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -85,20 +84,6 @@ fn charge_counts() -> BTreeMap<String, usize> {
     counts
 }
 
-/// Waits until `consumer` of `stream` has nothing pending and nothing waiting for an ack.
-async fn settled(js: &jetstream::Context, stream: &str, consumer: &str) {
-    wait_until(
-        TIMEOUT,
-        format_args!("consumer `{consumer}` is settled"),
-        || async {
-            let s = js.get_stream(stream).await.expect("stream");
-            let info = s.consumer_info(consumer).await.expect("consumer");
-            info.num_pending == 0 && info.num_ack_pending == 0
-        },
-    )
-    .await;
-}
-
 fn header<'a>(d: &'a DeadLetter, name: &str) -> Option<&'a str> {
     d.headers.get(name).map(|v| v.as_str())
 }
@@ -114,7 +99,7 @@ async fn dead_letters_are_listed_and_handled_once_republished() {
         .start()
         .await
         .unwrap();
-    let js = jetstream::new(server.connect().await);
+    let probe = Probe::new(&server).await;
     let (charge, mail) = ("dlq-dlq_charge", "dlq-dlq_mail");
 
     let mut published = BTreeMap::new();
@@ -136,8 +121,8 @@ async fn dead_letters_are_listed_and_handled_once_republished() {
         (all.len() == 3).then_some(all)
     })
     .await;
-    settled(&js, "DLQ_PAY", charge).await;
-    settled(&js, "DLQ_MAIL", mail).await;
+    probe.settled(TIMEOUT, "DLQ_PAY", charge).await;
+    probe.settled(TIMEOUT, "DLQ_MAIL", mail).await;
     assert!(
         all.windows(2).all(|w| w[0].sequence < w[1].sequence),
         "oldest first"
@@ -224,8 +209,8 @@ async fn dead_letters_are_listed_and_handled_once_republished() {
     })
     .await;
     assert!(bus.dead_letters(None).await.unwrap().is_empty());
-    settled(&js, "DLQ_PAY", charge).await;
-    settled(&js, "DLQ_MAIL", mail).await;
+    probe.settled(TIMEOUT, "DLQ_PAY", charge).await;
+    probe.settled(TIMEOUT, "DLQ_MAIL", mail).await;
     assert_eq!(
         charge_counts(),
         BTreeMap::from([
@@ -258,7 +243,7 @@ async fn a_dead_letter_that_cannot_be_republished_stays() {
         .start()
         .await
         .unwrap();
-    let js = jetstream::new(server.connect().await);
+    let probe = Probe::new(&server).await;
 
     // A dead letter whose original subject no stream stores any more, and a message in the
     // dead-letter stream that is no dead letter.
@@ -271,27 +256,19 @@ async fn a_dead_letter_that_cannot_be_republished_stays() {
     h.insert("eventbus-original-sequence", "7");
     h.insert("eventbus-original-stream", "NOWHERE");
     h.insert("eventbus-deliveries", "1");
-    let lost = js
-        .publish_with_headers("dlq.svc-lost", h, "{}".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let stray = js
-        .publish("dlq.svc-lost", "not a dead letter".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let lost = probe.publish_raw("dlq.svc-lost", h, b"{}").await;
+    let stray = probe
+        .publish_raw("dlq.svc-lost", HeaderMap::new(), b"not a dead letter")
+        .await;
 
     let err = bus
-        .republish_dead_letter(lost.sequence)
+        .republish_dead_letter(lost)
         .await
         .expect_err("no stream");
     assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
     assert!(err.to_string().contains("nowhere.x.happened"), "{err}");
     let err = bus
-        .republish_dead_letter(stray.sequence)
+        .republish_dead_letter(stray)
         .await
         .expect_err("not a dead letter");
     assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
@@ -303,7 +280,7 @@ async fn a_dead_letter_that_cannot_be_republished_stays() {
 
     let listed = bus.dead_letters(Some("svc-lost")).await.unwrap();
     assert_eq!(listed.len(), 2, "both are still there");
-    assert_eq!(listed[0].sequence, lost.sequence);
+    assert_eq!(listed[0].sequence, lost);
     assert_eq!(listed[0].original_subject, "nowhere.x.happened");
     assert_eq!((listed[0].original_sequence, listed[0].deliveries), (7, 1));
     assert!(

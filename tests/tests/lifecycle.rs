@@ -40,14 +40,7 @@ fn bus_on(server: &NatsServer, service: &str, handlers: &[&str]) -> eventbus::Bu
 
 /// A bus that runs no handler, to publish with.
 async fn publisher(server: &NatsServer) -> Bus {
-    eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("lc-publisher")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap()
+    eventbus_tests::publisher(&server.url(), "lc-publisher").await
 }
 
 async fn consumer_info(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {

@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::StreamMess
 use async_nats::HeaderMap;
 use eventbus::prelude::*;
 use eventbus::{Config, ErrorKind, PublishOptions, StreamOptions};
-use eventbus_tests::{wait_for, wait_until, NatsServer, Retries};
+use eventbus_tests::{wait_for, wait_until, NatsServer, Probe, Retries};
 
 /// How long any one condition may take to come true.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -24,14 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A bus of service `pub` on `server` that runs no handler.
 async fn publisher(server: &NatsServer) -> Bus {
-    eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("pub")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("the bus does not start: {e}"))
+    eventbus_tests::publisher(&server.url(), "pub").await
 }
 
 /// A bus that waits 1 s for each acknowledgement and makes up to 20 attempts, reconnecting
@@ -58,61 +51,6 @@ async fn publisher_waiting(server: &NatsServer, timeout: Duration, attempts: u32
         .start()
         .await
         .unwrap_or_else(|e| panic!("the bus does not start: {e}"))
-}
-
-/// A plain JetStream client of the test's own, to look at what the server stored.
-struct Probe {
-    js: jetstream::Context,
-}
-
-impl Probe {
-    async fn new(server: &NatsServer) -> Probe {
-        Probe {
-            js: jetstream::new(server.connect().await),
-        }
-    }
-
-    /// How many messages `stream` holds.
-    async fn count(&self, stream: &str) -> u64 {
-        let mut s = self
-            .js
-            .get_stream(stream)
-            .await
-            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"));
-        s.info().await.expect("stream info").state.messages
-    }
-
-    /// The message at `sequence` of `stream`.
-    async fn stored(&self, stream: &str, sequence: u64) -> StreamMessage {
-        let s = self
-            .js
-            .get_stream(stream)
-            .await
-            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"));
-        s.get_raw_message(sequence)
-            .await
-            .unwrap_or_else(|e| panic!("no message {sequence} in `{stream}`: {e}"))
-    }
-
-    /// Every message `stream` holds, in order.
-    async fn all(&self, stream: &str) -> Vec<StreamMessage> {
-        let mut s = self
-            .js
-            .get_stream(stream)
-            .await
-            .unwrap_or_else(|e| panic!("no stream `{stream}`: {e}"));
-        let state = s.info().await.expect("stream info").state.clone();
-        let mut out = Vec::new();
-        if state.messages == 0 {
-            return out;
-        }
-        for sequence in state.first_sequence..=state.last_sequence {
-            if let Ok(m) = s.get_raw_message(sequence).await {
-                out.push(m);
-            }
-        }
-        out
-    }
 }
 
 fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {

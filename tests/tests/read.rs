@@ -15,14 +15,7 @@ use futures::StreamExt;
 
 /// The bus of service `rd` on `server`, running no handler.
 async fn reader(server: &NatsServer) -> Bus {
-    eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("rd")
-        .without_handlers()
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("the bus does not start: {e}"))
+    eventbus_tests::publisher(&server.url(), "rd").await
 }
 
 /// How many consumers `stream` has, as the server counts them.

@@ -134,14 +134,7 @@ async fn main() {
     let url = server.url();
 
     // Provision through eventbus, then publish the backlog pipelined, with eventbus's headers.
-    let publisher = eventbus::builder()
-        .no_env()
-        .url(&url)
-        .service("bench")
-        .without_handlers()
-        .start()
-        .await
-        .expect("bus");
+    let publisher = eventbus_tests::publisher(&url, "bench").await;
     let js = publisher.jetstream().expect("a NATS bus").clone();
     let mut pending = Vec::with_capacity(1000);
     for i in 0..n {

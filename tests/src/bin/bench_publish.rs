@@ -269,14 +269,7 @@ async fn main() {
         .map(|a| a.parse().expect("rounds"))
         .unwrap_or(25);
     let server = NatsServer::start().await;
-    let bus = eventbus::builder()
-        .no_env()
-        .url(server.url())
-        .service("bench")
-        .without_handlers()
-        .start()
-        .await
-        .expect("bus");
+    let bus = eventbus_tests::publisher(&server.url(), "bench").await;
     let js = bus.jetstream().expect("a NATS bus").clone();
     println!(
         "nats-server {:?}; {pipelined} pipelined and {awaited} awaited events per round, {rounds} rounds; allocator: {}",
