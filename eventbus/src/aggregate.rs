@@ -10,7 +10,7 @@ use crate::bus::Bus;
 use crate::envelope::{encode, EncodeOptions};
 use crate::error::{Conflict, Error, ErrorKind};
 use crate::event::EventSet;
-use crate::publish::{is_wrong_last_sequence, publish_error, retryable, Published};
+use crate::publish::{is_wrong_last_sequence, publish_error, Published};
 use crate::read::stream_of;
 use crate::subject::check_aggregate_id;
 
@@ -200,51 +200,41 @@ struct Sent<'a> {
     expected_last: u64,
 }
 
-/// Sends one event of an append and waits for its acknowledgement; when none comes, sends it
-/// again with the same id and the same expected last sequence.
+/// Sends one event of an append and waits for its acknowledgement, sent again like any publish
+/// ([`Backend::publish_acked`]) with the same id and the same expected last sequence.
 ///
 /// The server checks the expected sequence before it looks for duplicates, so a copy sent
 /// again after the first one was stored is refused as a wrong last sequence, not reported as
-/// a duplicate: then the aggregate's next event after the expected one is looked up, and if it
-/// is this one (same id) the append of it succeeded.
+/// a duplicate: on that refusal the aggregate's next event after the expected one is looked
+/// up, and if it is this one (same id) the append of it succeeded. (On a first attempt it is
+/// another writer's event, and the refusal stands.)
 async fn append_one(
     inner: &crate::bus::Inner,
     sent: &Sent<'_>,
     headers: HeaderMap,
     payload: bytes::Bytes,
 ) -> Result<Published, PublishError> {
-    let attempts = inner.config.publish_attempts.max(1);
-    let mut attempt = 1;
-    loop {
-        let result = match inner
-            .backend
-            .send(sent.subject.to_owned(), headers.clone(), payload.clone())
-            .await
-        {
-            Ok(f) => f.wait().await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(ack) => {
-                return Ok(Published {
-                    stream: ack.stream,
-                    sequence: ack.sequence,
-                    duplicate: ack.duplicate,
-                    id: sent.id.to_owned(),
-                })
-            }
-            Err(e) if attempt > 1 && is_wrong_last_sequence(&e) => {
-                return match stored_copy(inner, sent).await {
-                    Some(p) => Ok(p),
-                    None => Err(e),
-                };
-            }
-            Err(e) if retryable(&e.kind()) && attempt < attempts => {
-                tracing::warn!(target: "eventbus::publish", subject = %sent.subject, id = %sent.id, attempt, error = %e, "append not acknowledged; sending again with the same id");
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
+    let acked = inner
+        .backend
+        .publish_acked(
+            inner.config.publish_attempts,
+            sent.subject,
+            headers,
+            payload,
+        )
+        .await;
+    match acked {
+        Ok(ack) => Ok(Published {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+            id: sent.id.to_owned(),
+        }),
+        Err(e) if is_wrong_last_sequence(&e) => match stored_copy(inner, sent).await {
+            Some(p) => Ok(p),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
     }
 }
 
