@@ -115,8 +115,18 @@ fn author(e: &AccountEvent) -> Option<&str> {
 
 /// Whether the server has what `append` needs (2.11); the harness accepts 2.10 too, on which
 /// these tests are skipped with a note ([`append_on_a_2_10_server_names_2_11`] covers it).
-fn modern(server: &NatsServer) -> bool {
-    server.version() >= (2, 11, 0)
+/// A server that appends (2.11+), or `None`, with a note, when the one configured is older.
+async fn modern_server() -> Option<NatsServer> {
+    let server = NatsServer::start().await;
+    if server.version() >= (2, 11, 0) {
+        Some(server)
+    } else {
+        eprintln!(
+            "note: nats-server {:?} has no append; skipped",
+            server.version()
+        );
+        None
+    }
 }
 
 fn assert_conflict(err: &Error, expected: u64, actual: u64) {
@@ -137,14 +147,9 @@ fn assert_conflict(err: &Error, expected: u64, actual: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_folds_the_events_and_save_appends_at_the_loaded_version() {
-    let server = NatsServer::start().await;
-    if !modern(&server) {
-        eprintln!(
-            "note: nats-server {:?} has no append; skipped",
-            server.version()
-        );
+    let Some(server) = modern_server().await else {
         return;
-    }
+    };
     let bus = writer(&server.url()).await;
 
     let fresh: Loaded<Account> = bus.load("acc-1").await.unwrap();
@@ -220,14 +225,9 @@ async fn load_folds_the_events_and_save_appends_at_the_loaded_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_from_another_version_is_a_conflict_and_stores_nothing() {
-    let server = NatsServer::start().await;
-    if !modern(&server) {
-        eprintln!(
-            "note: nats-server {:?} has no append; skipped",
-            server.version()
-        );
+    let Some(server) = modern_server().await else {
         return;
-    }
+    };
     let bus = writer(&server.url()).await;
     bus.save("s-1", 0, &[opened("s-1", "ada"), deposit("s-1", 10, "t")])
         .await
@@ -299,14 +299,9 @@ async fn race(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_writers_racing_from_one_version_exactly_one_wins() {
-    let server = NatsServer::start().await;
-    if !modern(&server) {
-        eprintln!(
-            "note: nats-server {:?} has no append; skipped",
-            server.version()
-        );
+    let Some(server) = modern_server().await else {
         return;
-    }
+    };
     let buses = [writer(&server.url()).await, writer(&server.url()).await];
     let account = "race-1";
 
@@ -494,14 +489,9 @@ impl LateAck {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_sent_again_after_its_first_copy_was_stored_succeeds_once() {
-    let server = NatsServer::start().await;
-    if !modern(&server) {
-        eprintln!(
-            "note: nats-server {:?} has no append; skipped",
-            server.version()
-        );
+    let Some(server) = modern_server().await else {
         return;
-    }
+    };
     let proxy = LateAck::start(server.port(), "ag_acct.late-1.").await;
     let bus = eventbus::builder()
         .config(eventbus::Config {
