@@ -103,7 +103,7 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
 
 
         ::eventbus::__private::inventory::submit! {
-            ::eventbus::registry::EventRegistration {
+            ::eventbus::__private::EventRegistration {
                 descriptor: <#ident as ::eventbus::EventSet>::EVENTS[0],
             }
         }

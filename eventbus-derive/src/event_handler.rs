@@ -90,12 +90,12 @@ fn registration(h: &Handler<'_>) -> TokenStream {
             __eventbus_meta: &::eventbus::Metadata,
             __eventbus_body: &[u8],
             __eventbus_ctx: ::eventbus::EventContext,
-        ) -> ::core::result::Result<::eventbus::handler::HandlerFuture, ::eventbus::Error> {
+        ) -> ::core::result::Result<::eventbus::__private::HandlerFuture, ::eventbus::Error> {
             #call_fn(__eventbus_meta, __eventbus_body, __eventbus_ctx, #closure)
         }
 
         ::eventbus::__private::inventory::submit! {
-            ::eventbus::registry::HandlerRegistration {
+            ::eventbus::__private::HandlerRegistration {
                 name: #name_str,
                 module_path: ::core::module_path!(),
                 file: ::core::file!(),

@@ -48,7 +48,7 @@ mod internals;
 ///
 /// Generated: `impl DomainEvent` (`AGGREGATE_TYPE`, `EVENT_TYPE`, `SUBJECT_PATTERN`, `VERSION`,
 /// `aggregate_id()`), `impl EventSet` (a set of one: encoding and decoding by event type), and
-/// the event's registration in `eventbus::registry::events()`. `Serialize` and `Deserialize`
+/// the event's registration in the registry. `Serialize` and `Deserialize`
 /// are derived by you, so that serde's attributes stay yours. Generic structs are refused: an
 /// event type is registered once for the whole program.
 ///

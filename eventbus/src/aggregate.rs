@@ -1,17 +1,18 @@
 //! Event-sourced aggregates: [`Aggregate`] folds an aggregate's events into its state;
-//! [`Bus::load`] reads them; [`Bus::append`] and [`Bus::save`] write new ones only if the
-//! aggregate is still at the expected version (optimistic concurrency, checked by the server).
+//! [`load`] reads them; [`append`] writes new ones only if the aggregate is still at the
+//! expected version (optimistic concurrency, checked by the server), through the publishing
+//! retry policy of [`Publisher`].
 
 use async_nats::jetstream::context::PublishError;
 use async_nats::HeaderMap;
+use futures::StreamExt;
 
 use crate::backend::Backend;
-use crate::bus::Bus;
-use crate::envelope::{encode, EncodeOptions};
-use crate::error::{Conflict, Error, ErrorKind};
+use crate::envelope::{encode, headers, EncodeOptions};
+use crate::error::{BoxError, Conflict, Error, ErrorKind};
 use crate::event::EventSet;
-use crate::publish::{is_wrong_last_sequence, publish_error, Published};
-use crate::read::stream_of;
+use crate::publish::{is_wrong_last_sequence, publish_error, Published, Publisher};
+use crate::read::{stream_of, Read};
 use crate::subject::check_aggregate_id;
 
 /// The server version that `append` needs (`Nats-Expected-Last-Subject-Sequence-Subject`).
@@ -37,6 +38,7 @@ pub struct Loaded<A> {
 
 /// The result of an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Appended {
     /// The aggregate's version after the append.
     pub version: u64,
@@ -50,144 +52,121 @@ async fn position(backend: &Backend, stream: &str, filter: &str) -> Result<(u64,
     Ok((count, last))
 }
 
-impl Bus {
-    /// Loads an aggregate: applies each of its events, in order, to `A::default()`.
-    pub async fn load<A: Aggregate>(&self, id: impl Into<String>) -> Result<Loaded<A>, Error> {
-        let id = id.into();
-        let mut state = A::default();
-        let mut version = 0;
-        let mut events = self.read::<A::Event>(id).into_stream();
-        use futures::StreamExt;
-        while let Some(r) = events.next().await {
-            let r = r?;
-            state.apply(&r.event);
-            version = r.version;
-        }
-        Ok(Loaded { state, version })
+/// Loads an aggregate: applies each of its events, in order, to `A::default()`.
+pub(crate) async fn load<A: Aggregate>(backend: &Backend, id: String) -> Result<Loaded<A>, Error> {
+    let mut state = A::default();
+    let mut version = 0;
+    let mut events = Read::<A::Event>::new(backend.clone(), id).into_stream();
+    while let Some(r) = events.next().await {
+        let r = r?;
+        state.apply(&r.event);
+        version = r.version;
     }
+    Ok(Loaded { state, version })
+}
 
-    /// Appends events to aggregate `id` if it is still at `version` (the version [`Bus::load`]
-    /// returned). Same as [`Bus::append`].
-    pub async fn save<E: EventSet>(
-        &self,
-        id: &str,
-        version: u64,
-        events: &[E],
-    ) -> Result<Appended, Error> {
-        self.append(id, version, events).await
-    }
-
-    /// Appends events to aggregate `id` only if it has exactly `expected_version` events.
-    ///
-    /// The server checks it (`Nats-Expected-Last-Subject-Sequence` on `{aggregate}.{id}.*`),
-    /// so of two writers racing from the same version exactly one wins; the other gets an
-    /// [`ErrorKind::Conflict`] error whose [`Error::conflict`] tells the actual version, and
-    /// none of its events is stored. Needs nats-server 2.11 or newer
-    /// ([`ErrorKind::ServerVersion`] otherwise).
-    ///
-    /// Each event is checked against the one before it, so a writer that loaded after this
-    /// append's first event cannot slip in between its events: it gets a conflict. Should a
-    /// conflict or a lost connection stop an append part-way, the error says how many of the
-    /// events were stored.
-    pub async fn append<E: EventSet>(
-        &self,
-        id: &str,
-        expected_version: u64,
-        events: &[E],
-    ) -> Result<Appended, Error> {
-        let inner = &self.inner;
-        if inner.server_version < APPEND_MIN_SERVER_VERSION {
-            return Err(Error::new(
+/// Appends events to aggregate `id` only if it has exactly `expected_version` events (see
+/// `Bus::append`). Each event is sent with `Nats-Expected-Last-Subject-Sequence` = the
+/// sequence of the one before it, on `{aggregate}.{id}.*`.
+pub(crate) async fn append<E: EventSet>(
+    publisher: &Publisher,
+    id: &str,
+    expected_version: u64,
+    events: &[E],
+) -> Result<Appended, Error> {
+    let backend = publisher.backend();
+    let server_version = backend.server_version();
+    if server_version < APPEND_MIN_SERVER_VERSION {
+        return Err(Error::new(
                 ErrorKind::ServerVersion,
                 format!(
                     "append with an expected version needs nats-server 2.11 or newer (for Nats-Expected-Last-Subject-Sequence-Subject); the server is {}.{}.{}",
-                    inner.server_version.0, inner.server_version.1, inner.server_version.2
+                    server_version.0, server_version.1, server_version.2
+                ),
+            ));
+    }
+    check_aggregate_id(E::AGGREGATE, id)?;
+    for e in events {
+        if e.id() != id {
+            return Err(Error::new(
+                ErrorKind::InvalidAggregateId,
+                format!(
+                    "append to `{}` `{id}` holds an event of aggregate id {:?}",
+                    E::AGGREGATE,
+                    e.id()
                 ),
             ));
         }
-        check_aggregate_id(E::AGGREGATE, id)?;
-        for e in events {
-            if e.id() != id {
-                return Err(Error::new(
-                    ErrorKind::InvalidAggregateId,
-                    format!(
-                        "append to `{}` `{id}` holds an event of aggregate id {:?}",
-                        E::AGGREGATE,
-                        e.id()
-                    ),
-                ));
-            }
-        }
-        let filter = format!("{}.{id}.*", E::AGGREGATE);
-        let stream = stream_of(&inner.backend, E::AGGREGATE, id).await?;
-        let (count, mut last) = position(&inner.backend, &stream, &filter).await?;
-        let conflict = |actual: u64, source: Option<crate::error::BoxError>| {
-            Error::conflict_error(
-                Conflict {
-                    aggregate: E::AGGREGATE.to_owned(),
-                    aggregate_id: id.to_owned(),
-                    expected: expected_version,
-                    actual,
-                },
-                source,
-            )
-        };
-        if count != expected_version {
-            return Err(conflict(count, None));
-        }
-        let mut published = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let encoded = encode(
-                event,
-                &EncodeOptions {
-                    source: &inner.service,
-                    ..Default::default()
-                },
-            )?;
-            let mut headers = encoded.headers;
-            headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                filter.as_str(),
-            );
-            let subject = encoded.subject.into_string();
-            let sent = Sent {
-                stream: &stream,
-                filter: &filter,
-                subject: &subject,
-                id: &encoded.id,
-                expected_last: last,
-            };
-            let partial = |err: Error| {
-                if i == 0 {
-                    err
-                } else {
-                    err.with_note(format!(
-                        "{i} of the {} events were stored before",
-                        events.len()
-                    ))
-                }
-            };
-            match append_one(inner, &sent, headers, encoded.payload).await {
-                Ok(p) => {
-                    last = p.sequence;
-                    published.push(p);
-                }
-                Err(e) if is_wrong_last_sequence(&e) => {
-                    let actual = position(&inner.backend, &stream, &filter)
-                        .await
-                        .map(|p| p.0)
-                        .unwrap_or(expected_version + i as u64);
-                    return Err(partial(conflict(actual, Some(Box::new(e)))));
-                }
-                Err(e) => return Err(partial(publish_error(&subject, e))),
-            }
-        }
-        Ok(Appended {
-            version: expected_version + events.len() as u64,
-            published,
-        })
     }
+    let filter = format!("{}.{id}.*", E::AGGREGATE);
+    let stream = stream_of(backend, E::AGGREGATE, id).await?;
+    let (count, mut last) = position(backend, &stream, &filter).await?;
+    let conflict = |actual: u64, source: Option<BoxError>| {
+        Error::conflict_error(
+            Conflict {
+                aggregate: E::AGGREGATE.to_owned(),
+                aggregate_id: id.to_owned(),
+                expected: expected_version,
+                actual,
+            },
+            source,
+        )
+    };
+    if count != expected_version {
+        return Err(conflict(count, None));
+    }
+    let mut published = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        let encoded = encode(
+            event,
+            &EncodeOptions {
+                source: publisher.service(),
+                ..Default::default()
+            },
+        )?;
+        let mut headers = encoded.headers;
+        headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            filter.as_str(),
+        );
+        let subject = encoded.subject.into_string();
+        let sent = Sent {
+            stream: &stream,
+            filter: &filter,
+            subject: &subject,
+            id: &encoded.id,
+            expected_last: last,
+        };
+        let partial = |err: Error| {
+            if i == 0 {
+                err
+            } else {
+                err.with_note(format!(
+                    "{i} of the {} events were stored before",
+                    events.len()
+                ))
+            }
+        };
+        match append_one(publisher, &sent, headers, encoded.payload).await {
+            Ok(p) => {
+                last = p.sequence;
+                published.push(p);
+            }
+            Err(e) if is_wrong_last_sequence(&e) => {
+                let actual = position(backend, &stream, &filter)
+                    .await
+                    .map(|p| p.0)
+                    .unwrap_or(expected_version + i as u64);
+                return Err(partial(conflict(actual, Some(Box::new(e)))));
+            }
+            Err(e) => return Err(partial(publish_error(&subject, e))),
+        }
+    }
+    Ok(Appended {
+        version: expected_version + events.len() as u64,
+        published,
+    })
 }
 
 /// One event of an append, as sent.
@@ -201,7 +180,7 @@ struct Sent<'a> {
 }
 
 /// Sends one event of an append and waits for its acknowledgement, sent again like any publish
-/// ([`Backend::publish_acked`]) with the same id and the same expected last sequence.
+/// ([`Publisher::send_acked`]) with the same id and the same expected last sequence.
 ///
 /// The server checks the expected sequence before it looks for duplicates, so a copy sent
 /// again after the first one was stored is refused as a wrong last sequence, not reported as
@@ -209,20 +188,12 @@ struct Sent<'a> {
 /// up, and if it is this one (same id) the append of it succeeded. (On a first attempt it is
 /// another writer's event, and the refusal stands.)
 async fn append_one(
-    inner: &crate::bus::Inner,
+    publisher: &Publisher,
     sent: &Sent<'_>,
     headers: HeaderMap,
     payload: bytes::Bytes,
 ) -> Result<Published, PublishError> {
-    let acked = inner
-        .backend
-        .publish_acked(
-            inner.config.publish_attempts,
-            sent.subject,
-            headers,
-            payload,
-        )
-        .await;
+    let acked = publisher.send_acked(sent.subject, headers, payload).await;
     match acked {
         Ok(ack) => Ok(Published {
             stream: ack.stream,
@@ -230,23 +201,24 @@ async fn append_one(
             duplicate: ack.duplicate,
             id: sent.id.to_owned(),
         }),
-        Err(e) if is_wrong_last_sequence(&e) => match stored_copy(inner, sent).await {
-            Some(p) => Ok(p),
-            None => Err(e),
-        },
+        Err(e) if is_wrong_last_sequence(&e) => {
+            match stored_copy(publisher.backend(), sent).await {
+                Some(p) => Ok(p),
+                None => Err(e),
+            }
+        }
         Err(e) => Err(e),
     }
 }
 
 /// The event stored right after the expected last one on the aggregate's subjects, if it is
 /// the one with `sent.id` (a copy of an earlier attempt).
-async fn stored_copy(inner: &crate::bus::Inner, sent: &Sent<'_>) -> Option<Published> {
-    let m = inner
-        .backend
+async fn stored_copy(backend: &Backend, sent: &Sent<'_>) -> Option<Published> {
+    let m = backend
         .next_by_subject(sent.stream, sent.filter, sent.expected_last + 1)
         .await
         .ok()??;
-    let id = m.headers.get(crate::envelope::headers::MSG_ID)?;
+    let id = m.headers.get(headers::MSG_ID)?;
     (id.as_str() == sent.id).then(|| Published {
         stream: sent.stream.to_owned(),
         sequence: m.sequence,

@@ -1,12 +1,12 @@
 //! Configuration: plain structs with documented defaults, each setting also readable from the
 //! environment ([`Config::from_env`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
-use crate::registry::ConsumerOptions;
 
 /// How the bus authenticates to the server.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -161,6 +161,120 @@ impl StreamOptions {
     }
 }
 
+/// Which events a new consumer starts from. Ignored for a consumer that already exists on the
+/// server (its position is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliverPolicy {
+    /// Every event in the stream (the default).
+    All,
+    /// The last event in the stream that matches the filter.
+    Last,
+    /// The last event of each subject (the latest state of each aggregate per event type).
+    LastPerSubject,
+    /// Only events published after the consumer was created.
+    New,
+    /// From a stream sequence.
+    ByStartSequence(u64),
+    /// From a time.
+    ByStartTime(time::OffsetDateTime),
+}
+
+/// Whether handled events are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AckPolicy {
+    /// Every event is acked after its handler succeeded (the default); nothing is lost.
+    Explicit,
+    /// No acks: an event counts as handled once delivered. For lossy projections only; no
+    /// retry, no dead letters.
+    None,
+}
+
+/// How fast a consumer replays stored events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplayPolicy {
+    /// As fast as possible (the default).
+    Instant,
+    /// At the pace they were originally published.
+    Original,
+}
+
+/// The options of a handler's consumer. `None` means "not set here": an option given in
+/// configuration overrides the attribute's, which overrides the default.
+///
+/// | option | default |
+/// |---|---|
+/// | `durable_name` | `{service}-{handler}` |
+/// | `durable` | `true`; `false` makes an ephemeral consumer per instance, removed on stop |
+/// | `deliver` | [`DeliverPolicy::All`] |
+/// | `ack` | [`AckPolicy::Explicit`] |
+/// | `replay` | [`ReplayPolicy::Instant`] |
+/// | `max_deliver` | 5 |
+/// | `ack_wait` | 30 s (in-progress acks keep a longer handler's event) |
+/// | `backoff` | 1 s, 5 s, 30 s, 2 min (the last repeats) |
+/// | `concurrency` | 16 events at once per handler and instance |
+/// | `ordered` | `false`; `true` handles one aggregate's events one at a time, in order |
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsumerOptions {
+    /// The durable consumer's name.
+    pub durable_name: Option<Cow<'static, str>>,
+    /// `false` for an ephemeral consumer per instance (broadcast).
+    pub durable: Option<bool>,
+    /// Where a new consumer starts.
+    pub deliver: Option<DeliverPolicy>,
+    /// Acknowledgement policy.
+    pub ack: Option<AckPolicy>,
+    /// Replay policy.
+    pub replay: Option<ReplayPolicy>,
+    /// How many times an event is delivered before it is dead-lettered.
+    pub max_deliver: Option<i64>,
+    /// How long the server waits for an ack before it redelivers.
+    pub ack_wait: Option<Duration>,
+    /// The delays before each retry; the last one repeats.
+    pub backoff: Option<Cow<'static, [Duration]>>,
+    /// How many events of this handler run at once in one instance.
+    pub concurrency: Option<usize>,
+    /// Whether one aggregate's events are handled one at a time, in stream order.
+    pub ordered: Option<bool>,
+}
+
+impl ConsumerOptions {
+    /// No option set; usable in `const` contexts (`..ConsumerOptions::NONE`).
+    pub const NONE: ConsumerOptions = ConsumerOptions {
+        durable_name: None,
+        durable: None,
+        deliver: None,
+        ack: None,
+        replay: None,
+        max_deliver: None,
+        ack_wait: None,
+        backoff: None,
+        concurrency: None,
+        ordered: None,
+    };
+
+    /// `self` with every option that `over` sets replaced by `over`'s.
+    pub fn overridden_by(&self, over: &ConsumerOptions) -> ConsumerOptions {
+        ConsumerOptions {
+            durable_name: over
+                .durable_name
+                .clone()
+                .or_else(|| self.durable_name.clone()),
+            durable: over.durable.or(self.durable),
+            deliver: over.deliver.clone().or_else(|| self.deliver.clone()),
+            ack: over.ack.or(self.ack),
+            replay: over.replay.or(self.replay),
+            max_deliver: over.max_deliver.or(self.max_deliver),
+            ack_wait: over.ack_wait.or(self.ack_wait),
+            backoff: over.backoff.clone().or_else(|| self.backoff.clone()),
+            concurrency: over.concurrency.or(self.concurrency),
+            ordered: over.ordered.or(self.ordered),
+        }
+    }
+}
+
 /// The whole configuration of a bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -211,36 +325,8 @@ impl Default for Config {
     }
 }
 
-/// The environment variables read by [`Config::from_env`].
-pub const ENV_VARS: &[(&str, &str)] = &[
-    (
-        "EVENTBUS_URL",
-        "server URLs, comma-separated (else NATS_URL)",
-    ),
-    ("EVENTBUS_SERVICE", "the service's name"),
-    ("EVENTBUS_USER / EVENTBUS_PASSWORD", "user and password"),
-    ("EVENTBUS_TOKEN", "a token"),
-    ("EVENTBUS_NKEY", "an nkey seed"),
-    ("EVENTBUS_CREDS", "a .creds file"),
-    (
-        "EVENTBUS_TLS_CA / EVENTBUS_TLS_CERT / EVENTBUS_TLS_KEY",
-        "TLS files",
-    ),
-    ("EVENTBUS_TLS_REQUIRED", "true to require TLS"),
-    (
-        "EVENTBUS_MAX_RECONNECTS",
-        "attempts in a row before giving up (0: never)",
-    ),
-    ("EVENTBUS_RECONNECT_WAIT", "wait between attempts, e.g. 1s"),
-    ("EVENTBUS_CONNECT_TIMEOUT", "one attempt's limit, e.g. 5s"),
-    (
-        "EVENTBUS_SHUTDOWN_GRACE",
-        "how long in-flight handlers may finish, e.g. 30s",
-    ),
-];
-
 impl Config {
-    /// The configuration from the environment (see [`ENV_VARS`]); unset variables keep the
+    /// The configuration from the environment (the README lists the variables); unset variables keep the
     /// defaults. A malformed value is an error that names the variable.
     pub fn from_env() -> Result<Config, Error> {
         Config::from_lookup(|k| std::env::var(k).ok())

@@ -1,22 +1,118 @@
-//! Dead letters: list them, and publish them again to their original subject once the cause
-//! is fixed.
+//! Dead letters, all of them: writing one when dispatch gives up on an event, listing them,
+//! and publishing them again to their original subject once the cause is fixed. They live in
+//! their own stream (default `DLQ`, subjects `dlq.>`), on `dlq.{consumer}`.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::StreamExt;
 use time::OffsetDateTime;
 
-use crate::bus::Bus;
-use crate::dispatch::dlq_headers;
+use crate::backend::Stored;
 use crate::envelope::{headers, headers_without};
 use crate::error::{Error, ErrorKind};
-use crate::publish::{publish_acked, Published};
-use crate::read::{open, scan};
+use crate::publish::{publish_error, Published, Publisher};
+
+/// Header names of a dead letter.
+pub mod dlq_headers {
+    /// Why the event was dead-lettered: `permanent`, `max_deliver`, `undecodable`,
+    /// `unknown_event_type`.
+    pub const REASON: &str = "eventbus-dlq-reason";
+    /// The handler's last error.
+    pub const ERROR: &str = "eventbus-dlq-error";
+    /// The subject the event was published on.
+    pub const ORIGINAL_SUBJECT: &str = "eventbus-original-subject";
+    /// Its sequence in its stream.
+    pub const ORIGINAL_SEQUENCE: &str = "eventbus-original-sequence";
+    /// Its stream.
+    pub const ORIGINAL_STREAM: &str = "eventbus-original-stream";
+    /// The consumer that gave up on it.
+    pub const CONSUMER: &str = "eventbus-dlq-consumer";
+    /// How many times it was delivered.
+    pub const DELIVERIES: &str = "eventbus-deliveries";
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadReason {
+    Permanent,
+    MaxDeliver,
+    Undecodable,
+    UnknownEventType,
+}
+
+impl DeadReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::MaxDeliver => "max_deliver",
+            DeadReason::Undecodable => "undecodable",
+            DeadReason::UnknownEventType => "unknown_event_type",
+        }
+    }
+}
+
+/// An event dispatch gives up on, and where it was delivered from.
+pub(crate) struct Given<'a> {
+    /// The subject it was published on.
+    pub(crate) subject: &'a str,
+    /// Its original headers.
+    pub(crate) headers: &'a HeaderMap,
+    /// Its body.
+    pub(crate) payload: &'a Bytes,
+    /// Its stream and sequence there.
+    pub(crate) stream: &'a str,
+    pub(crate) sequence: u64,
+    /// The consumer that gives up on it, and after how many deliveries.
+    pub(crate) consumer: &'a str,
+    pub(crate) deliveries: u64,
+    pub(crate) reason: DeadReason,
+    /// The last error.
+    pub(crate) error: &'a str,
+}
+
+/// A header value made of `s`: no line break, at most 2 KiB.
+fn header_text(s: &str) -> String {
+    let mut t: String = s
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    if t.len() > 2048 {
+        let mut cut = 2048;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+    }
+    t
+}
+
+/// Stores an event in the dead-letter stream, on `dlq.{consumer}`, with its original body and
+/// headers (less the server's own) plus the `eventbus-*` ones. Its `Nats-Msg-Id` is made of
+/// the consumer, the stream and the sequence, so a dead letter stored twice is kept once.
+pub(crate) async fn store(publisher: &Publisher, dead: &Given<'_>) -> Result<(), Error> {
+    // The original headers, less the server's own (`Nats-Msg-Id` is set anew below).
+    let mut h = headers_without(dead.headers, |n| n.starts_with("Nats-"));
+    h.insert(dlq_headers::REASON, dead.reason.as_str());
+    h.insert(dlq_headers::ERROR, header_text(dead.error));
+    h.insert(dlq_headers::ORIGINAL_SUBJECT, dead.subject);
+    h.insert(dlq_headers::ORIGINAL_SEQUENCE, dead.sequence.to_string());
+    h.insert(dlq_headers::ORIGINAL_STREAM, dead.stream);
+    h.insert(dlq_headers::CONSUMER, dead.consumer);
+    h.insert(dlq_headers::DELIVERIES, dead.deliveries.to_string());
+    let id = format!("dlq-{}-{}-{}", dead.consumer, dead.stream, dead.sequence);
+    h.insert(headers::MSG_ID, id.as_str());
+    let subject = format!("dlq.{}", dead.consumer);
+    publisher
+        .send_acked(&subject, h, dead.payload.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| publish_error(&subject, e))
+}
 
 /// One dead-lettered event.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DeadLetter {
-    /// Its sequence in the dead-letter stream (what [`Bus::republish_dead_letter`] takes).
+    /// Its sequence in the dead-letter stream (what `Bus::republish_dead_letter` takes).
     pub sequence: u64,
     /// The consumer that gave up on it.
     pub consumer: String,
@@ -40,141 +136,116 @@ pub struct DeadLetter {
     pub payload: Bytes,
 }
 
-/// Marks a republished dead letter with `{original stream}:{original sequence}`: a second
-/// copy of an event already in its aggregate's history, which reads skip (they count it in the
-/// versions, as the server does for an append's expected version).
-pub(crate) const REPUBLISHED_FROM: &str = "eventbus-republished-from";
-
 fn header(h: &HeaderMap, name: &str) -> String {
     h.get(name)
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default()
 }
 
-impl Bus {
-    /// The dead-letter stream, if there is one (it is created with the first consumer that
-    /// acknowledges explicitly).
-    async fn dlq_stream_name(&self) -> Result<Option<String>, Error> {
-        self.inner.backend.stream_by_subject("dlq.x").await
-    }
+/// The dead-letter stream, if there is one (it is created with the first consumer that
+/// acknowledges explicitly).
+async fn stream_name(publisher: &Publisher) -> Result<Option<String>, Error> {
+    publisher.backend().stream_by_subject("dlq.x").await
+}
 
-    /// Every dead letter, oldest first; of one consumer only if `consumer` is given. None
-    /// (an empty list) when there is no dead-letter stream.
-    pub async fn dead_letters(&self, consumer: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
-        let Some(name) = self.dlq_stream_name().await? else {
-            return Ok(Vec::new());
-        };
-        let opened = open(&self.inner, &name).await?;
-        let filter = match consumer {
-            Some(c) => format!("dlq.{c}"),
-            None => "dlq.>".to_owned(),
-        };
-        let mut messages = scan(opened, filter, 1);
-        let mut out = Vec::new();
-        while let Some(m) = messages.next().await {
-            let m = m?;
-            let h = &m.headers;
-            out.push(DeadLetter {
-                sequence: m.sequence,
-                consumer: header(h, dlq_headers::CONSUMER),
-                reason: header(h, dlq_headers::REASON),
-                error: header(h, dlq_headers::ERROR),
-                original_subject: header(h, dlq_headers::ORIGINAL_SUBJECT),
-                original_stream: header(h, dlq_headers::ORIGINAL_STREAM),
-                original_sequence: header(h, dlq_headers::ORIGINAL_SEQUENCE)
-                    .parse()
-                    .unwrap_or(0),
-                deliveries: header(h, dlq_headers::DELIVERIES).parse().unwrap_or(0),
-                time: m.time,
-                headers: m.headers,
-                payload: m.payload,
-            });
-        }
-        Ok(out)
+/// Every dead letter, oldest first; of one consumer only if `consumer` is given. None (an
+/// empty list) when there is no dead-letter stream.
+pub(crate) async fn list(
+    publisher: &Publisher,
+    consumer: Option<&str>,
+) -> Result<Vec<DeadLetter>, Error> {
+    let Some(name) = stream_name(publisher).await? else {
+        return Ok(Vec::new());
+    };
+    let filter = match consumer {
+        Some(c) => format!("dlq.{c}"),
+        None => "dlq.>".to_owned(),
+    };
+    let mut scan = publisher.backend().scan(&name, filter, 1).await?;
+    let mut out = Vec::new();
+    while let Some(m) = scan.next().await {
+        out.push(dead_letter(m?));
     }
+    Ok(out)
+}
 
-    /// Publishes a dead letter again, to its original subject, with its original body and
-    /// headers (the same `ce-id`, so handlers see the same event; a new `Nats-Msg-Id`, so the
-    /// server does not drop it as a duplicate), then removes it from the dead-letter stream.
-    ///
-    /// Every consumer of that subject receives it again, not only the one that gave up on it:
-    /// handlers are expected to be idempotent. The copy carries an `eventbus-republished-from`
-    /// header (`{original stream}:{original sequence}`); [`Bus::read`] and [`Bus::load`] skip
-    /// it, so the aggregate's history holds the event once (its versions count the copy).
-    pub async fn republish_dead_letter(&self, sequence: u64) -> Result<Published, Error> {
-        let name = self.dlq_stream_name().await?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Read,
-                format!("no dead letter with sequence {sequence}: there is no dead-letter stream (`dlq.>`)"),
-            )
-        })?;
-        let m = self.inner.backend.get(&name, sequence).await.map_err(|e| {
+fn dead_letter(m: Stored) -> DeadLetter {
+    let h = &m.headers;
+    DeadLetter {
+        sequence: m.sequence,
+        consumer: header(h, dlq_headers::CONSUMER),
+        reason: header(h, dlq_headers::REASON),
+        error: header(h, dlq_headers::ERROR),
+        original_subject: header(h, dlq_headers::ORIGINAL_SUBJECT),
+        original_stream: header(h, dlq_headers::ORIGINAL_STREAM),
+        original_sequence: header(h, dlq_headers::ORIGINAL_SEQUENCE)
+            .parse()
+            .unwrap_or(0),
+        deliveries: header(h, dlq_headers::DELIVERIES).parse().unwrap_or(0),
+        time: m.time,
+        headers: m.headers,
+        payload: m.payload,
+    }
+}
+
+/// Publishes a dead letter again to its original subject (see `Bus::republish_dead_letter`),
+/// then removes it from the dead-letter stream.
+pub(crate) async fn republish(publisher: &Publisher, sequence: u64) -> Result<Published, Error> {
+    let name = stream_name(publisher).await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Read,
+            format!(
+                "no dead letter with sequence {sequence}: there is no dead-letter stream (`dlq.>`)"
+            ),
+        )
+    })?;
+    let m = publisher
+        .backend()
+        .get(&name, sequence)
+        .await
+        .map_err(|e| {
             Error::new(
                 ErrorKind::Read,
                 format!("no dead letter with sequence {sequence} in `{name}`"),
             )
             .with_source(e)
         })?;
-        let subject = header(&m.headers, dlq_headers::ORIGINAL_SUBJECT);
-        if subject.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Read,
-                format!(
-                    "message {sequence} of `{name}` is not a dead letter: it has no `{}` header",
-                    dlq_headers::ORIGINAL_SUBJECT
-                ),
-            ));
+    let subject = header(&m.headers, dlq_headers::ORIGINAL_SUBJECT);
+    if subject.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Read,
+            format!(
+                "message {sequence} of `{name}` is not a dead letter: it has no `{}` header",
+                dlq_headers::ORIGINAL_SUBJECT
+            ),
+        ));
+    }
+    let mut h = headers_without(&m.headers, |n| {
+        n.starts_with("eventbus-") || n.starts_with("Nats-")
+    });
+    let ce_id = header(&m.headers, headers::ID);
+    let id = format!(
+        "{}redrive-{name}-{sequence}",
+        if ce_id.is_empty() {
+            String::new()
+        } else {
+            format!("{ce_id}-")
         }
-        let mut h = headers_without(&m.headers, |n| {
-            n.starts_with("eventbus-") || n.starts_with("Nats-")
-        });
-        let ce_id = header(&m.headers, headers::ID);
-        let id = format!(
-            "{}redrive-{name}-{sequence}",
-            if ce_id.is_empty() {
-                String::new()
-            } else {
-                format!("{ce_id}-")
-            }
-        );
-        h.insert(headers::MSG_ID, id.as_str());
-        let origin = format!(
-            "{}:{}",
-            header(&m.headers, dlq_headers::ORIGINAL_STREAM),
-            header(&m.headers, dlq_headers::ORIGINAL_SEQUENCE)
-        );
-        h.insert(REPUBLISHED_FROM, origin.as_str());
-        let kept = h.clone();
-        let published = publish_acked(
-            &self.inner.backend,
-            self.inner.config.publish_attempts,
-            &subject,
-            &id,
-            h,
-            m.payload,
-            || Some(kept.clone()),
-        )
-        .await?;
-        self.inner.backend.delete_message(&name, sequence).await.map_err(|e| {
+    );
+    h.insert(headers::MSG_ID, id.as_str());
+    let origin = format!(
+        "{}:{}",
+        header(&m.headers, dlq_headers::ORIGINAL_STREAM),
+        header(&m.headers, dlq_headers::ORIGINAL_SEQUENCE)
+    );
+    h.insert(headers::REPUBLISHED_FROM, origin.as_str());
+    let published = publisher.publish_raw(&subject, h, m.payload).await?;
+    publisher.backend().delete_message(&name, sequence).await.map_err(|e| {
             Error::new(
                 ErrorKind::JetStream,
                 format!("dead letter {sequence} was published again to `{subject}`, but cannot be removed from `{name}`"),
             )
             .with_source(e)
         })?;
-        Ok(published)
-    }
-
-    /// Publishes every dead letter (of one consumer, if given) again; see
-    /// [`Bus::republish_dead_letter`]. Stops at the first failure.
-    pub async fn republish_dead_letters(
-        &self,
-        consumer: Option<&str>,
-    ) -> Result<Vec<Published>, Error> {
-        let mut out = Vec::new();
-        for d in self.dead_letters(consumer).await? {
-            out.push(self.republish_dead_letter(d.sequence).await?);
-        }
-        Ok(out)
-    }
+    Ok(published)
 }

@@ -37,12 +37,16 @@ pub mod headers {
     pub const TRACEPARENT: &str = "traceparent";
     /// JetStream's de-duplication id; equal to `ce-id`.
     pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// Marks a republished dead letter with `{original stream}:{original sequence}`: a second
+    /// copy of an event already in its aggregate's history, which reads skip (they count it in
+    /// the versions, as the server does for an append's expected version).
+    pub const REPUBLISHED_FROM: &str = "eventbus-republished-from";
 }
 
 /// The CloudEvents spec version written.
-pub const SPEC_VERSION: &str = "1.0";
+pub(crate) const SPEC_VERSION: &str = "1.0";
 /// The content type of event bodies.
-pub const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 
 /// Options of one encoding: who publishes, and the chain the event belongs to.
 #[derive(Debug, Clone, Default)]
@@ -384,7 +388,7 @@ impl Metadata {
 }
 
 /// Splits `{aggregate}.{event}.v{version}`.
-pub fn parse_cloud_event_type(t: &str) -> Option<(&str, &str, u32)> {
+pub(crate) fn parse_cloud_event_type(t: &str) -> Option<(&str, &str, u32)> {
     let (rest, v) = t.rsplit_once('.')?;
     let version = v.strip_prefix('v')?.parse().ok()?;
     let (aggregate, name) = rest.split_once('.')?;

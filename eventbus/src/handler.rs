@@ -8,9 +8,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::envelope::Metadata;
-use crate::error::BoxError;
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::event::EventSet;
+use crate::publish::{PublishOptions, Published, Publisher};
 
-/// The future a registered handler returns, boxed.
+/// The future a registered handler returns, boxed (macro plumbing).
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'static>>;
 
 /// Whether a failed event may succeed if it is tried again.
@@ -97,6 +99,7 @@ impl fmt::Debug for HandlerError {
 
 /// Where a delivered event sits in its stream and how often it was delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// The stream's name.
     pub stream: String,
@@ -113,11 +116,15 @@ pub struct Delivery {
 
 /// What a handler is given besides the event: its metadata, where it was delivered from, and
 /// a publisher that carries the correlation id forward and sets the causation id.
+///
+/// It holds the bus's publishing side only, not the bus: a handler that keeps its context
+/// does not keep the bus's workers running.
 #[derive(Clone)]
 pub struct EventContext {
     pub(crate) meta: Arc<Metadata>,
     pub(crate) delivery: Arc<Delivery>,
-    pub(crate) bus: Option<crate::bus::Bus>,
+    /// What the handler publishes with; `None` for a context made outside a running bus.
+    pub(crate) publisher: Option<Publisher>,
 }
 
 impl EventContext {
@@ -149,6 +156,23 @@ impl EventContext {
     /// How many times this event was delivered, this time included.
     pub fn attempt(&self) -> u64 {
         self.delivery.delivered
+    }
+
+    /// Publishes an event caused by the one being handled: the correlation id is carried
+    /// forward and the causation id is the handled event's id.
+    pub async fn publish<E: EventSet>(&self, event: &E) -> Result<Published, Error> {
+        let publisher = self.publisher.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Publish,
+                "this event context has no bus to publish with",
+            )
+        })?;
+        let options = PublishOptions {
+            correlation_id: Some(self.correlation_id().to_owned()),
+            causation_id: Some(self.event_id().to_owned()),
+            ..PublishOptions::default()
+        };
+        publisher.publish(event, &options).await
     }
 }
 

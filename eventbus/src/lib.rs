@@ -1,55 +1,72 @@
 #![doc = include_str!("../../README.md")]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-pub mod envelope;
-pub mod error;
-pub mod event;
-pub mod handler;
-pub mod registry;
-pub mod subject;
-pub mod testing;
-
-pub mod aggregate;
-pub mod config;
-pub mod connection;
-pub mod topology;
-
+// The module map, bottom to top, is in docs/ARCHITECTURE.md: each module imports only from
+// modules below it.
+mod aggregate;
 mod backend;
 mod bus;
+mod config;
 mod dispatch;
 mod dlq;
-mod memory;
+mod envelope;
+mod error;
+mod event;
+mod handler;
 mod provision;
 mod publish;
-mod pull;
 mod read;
+mod registry;
+mod subject;
+pub mod testing;
+mod topology;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use crate::aggregate::{Aggregate, Appended, Loaded};
-pub use crate::bus::{builder, run, Builder, Bus, PublishOptions, MIN_SERVER_VERSION};
+pub use crate::aggregate::{Aggregate, Appended, Loaded, APPEND_MIN_SERVER_VERSION};
+pub use crate::backend::{ConnectionState, MIN_SERVER_VERSION};
+pub use crate::bus::{builder, run, Builder, Bus};
 pub use crate::config::{
-    Config, Credentials, Discard, Retention, Storage, StreamOptions, TlsConfig,
+    AckPolicy, Config, ConsumerOptions, Credentials, DeliverPolicy, Discard, ReconnectConfig,
+    ReplayPolicy, Retention, Storage, StreamOptions, TlsConfig,
 };
-pub use crate::connection::ConnectionState;
-pub use crate::dispatch::dlq_headers;
-pub use crate::dlq::DeadLetter;
-pub use crate::envelope::Metadata;
+pub use crate::dlq::{dlq_headers, DeadLetter};
+pub use crate::envelope::{headers, Metadata};
 pub use crate::error::{Conflict, Error, ErrorKind};
 pub use crate::event::{AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet};
 pub use crate::handler::{Delivery, EventContext, HandlerError, Retry};
-pub use crate::publish::Published;
+pub use crate::publish::{PublishOptions, Published};
 pub use crate::read::{Read, Recorded};
-pub use crate::registry::{AckPolicy, ConsumerOptions, DeliverPolicy, ReplayPolicy};
 pub use crate::subject::Subject;
-pub use crate::topology::Topology;
+pub use crate::topology::{ConsumerPlan, StreamPlan, Topology};
 
 /// Registers an `async fn(event, ctx) -> Result<(), E>` as a handler.
 pub use eventbus_derive::event_handler;
 /// Derives [`DomainEvent`] on a struct, or [`EventSet`] on an enum of event structs.
 pub use eventbus_derive::DomainEvent;
+
+/// The NATS client eventbus runs on (`async-nats`): the types eventbus hands out
+/// ([`Bus::nats_client`], [`Bus::jetstream`], [`HeaderMap`]) and what is needed to go further
+/// than eventbus does. Use them from here rather than from a dependency of your own, so the
+/// versions always match.
+pub mod nats {
+    pub use async_nats::{Client, HeaderMap, HeaderName, HeaderValue};
+
+    /// JetStream.
+    pub mod jetstream {
+        pub use async_nats::jetstream::Context;
+    }
+}
+/// Message headers, as [`PublishOptions::headers`] takes them and [`Metadata::headers`] holds
+/// them.
+pub use async_nats::HeaderMap;
+/// The byte buffer of message bodies ([`DeadLetter::payload`], [`Bus::publish_raw`]).
+pub use bytes::{self, Bytes};
+/// The date-time crate of event times ([`Metadata::time`], [`Recorded::time`],
+/// [`DeliverPolicy::ByStartTime`]).
+pub use time::{self, OffsetDateTime};
 
 /// What an application needs in scope: `use eventbus::prelude::*;`.
 pub mod prelude {

@@ -1,14 +1,19 @@
-//! Support for the code the macros generate. Not part of the API; may change at any time.
+//! Support for the code the macros generate, and for the workspace's own tests and benchmarks.
+//! Not part of the API; may change at any time.
 
 use std::future::Future;
 
 pub use inventory;
 pub use serde_json;
 
-use crate::envelope::{decode, Metadata};
+pub use crate::envelope::{decode, encode, new_event_id, EncodeOptions, EncodedEvent};
+pub use crate::handler::HandlerFuture;
+pub use crate::registry::{events, handlers, CallFn, EventRegistration, HandlerRegistration};
+
+use crate::envelope::Metadata;
 use crate::error::Error;
 use crate::event::EventSet;
-use crate::handler::{EventContext, HandlerError, HandlerFuture};
+use crate::handler::{EventContext, HandlerError};
 
 /// Decodes the event and starts the handler's future.
 pub fn call<E, F, Fut, Err>(
@@ -159,7 +164,7 @@ pub fn detached_context(meta: Metadata) -> EventContext {
     EventContext {
         meta: std::sync::Arc::new(meta),
         delivery: std::sync::Arc::new(delivery),
-        bus: None,
+        publisher: None,
     }
 }
 

@@ -9,9 +9,10 @@ use async_nats::jetstream::consumer::IntoConsumerConfig;
 use async_nats::jetstream::{consumer, stream};
 
 use crate::backend::Backend;
-use crate::config::{Discard, Retention, Storage, StreamOptions};
+use crate::config::{
+    AckPolicy, DeliverPolicy, Discard, ReplayPolicy, Retention, Storage, StreamOptions,
+};
 use crate::error::{Error, ErrorKind};
-use crate::registry::{AckPolicy, DeliverPolicy, ReplayPolicy};
 use crate::subject::{filter_covers, filters_overlap};
 use crate::topology::{ConsumerPlan, StreamPlan, Topology};
 

@@ -1,21 +1,46 @@
-//! Publishing: an event counts as stored only once the server acknowledged it; a publish
-//! whose acknowledgement did not come is sent again with the same `Nats-Msg-Id`, so the
-//! server keeps one copy.
+//! Publishing, with its one send-and-retry policy: an event counts as stored only once the
+//! server acknowledged it; a publish whose acknowledgement did not come is sent again with the
+//! same `Nats-Msg-Id`, so the server keeps one copy. Every publish of eventbus goes through
+//! [`Publisher`]: `Bus::publish*`, a handler's `ctx.publish`, appends to an aggregate
+//! (`aggregate.rs`), dead letters and their republishing (`dlq.rs`).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tracing::Instrument;
 
-use crate::backend::AckFuture;
-use crate::envelope::{encode, EncodeOptions, EncodedEvent};
+use crate::backend::{AckFuture, Backend};
+use crate::config::Config;
+use crate::envelope::{encode, encode_at, headers, EncodeOptions, EncodedEvent};
 use crate::error::{Error, ErrorKind};
 use crate::event::EventSet;
 
+/// How long a publish that found no stream, though one stores its subject, waits before it is
+/// sent again (times the attempt).
+const NO_STREAM_PAUSE: Duration = Duration::from_millis(50);
+
+/// Options of one publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// The event id (`ce-id`, `Nats-Msg-Id`); a new UUIDv7 when `None`. Give your own to make
+    /// a publish idempotent across restarts of the publisher.
+    pub id: Option<String>,
+    /// Extra headers (they may not override the CloudEvents ones).
+    pub headers: Option<HeaderMap>,
+    /// The correlation id; the event's own id when `None`.
+    pub correlation_id: Option<String>,
+    /// The causation id.
+    pub causation_id: Option<String>,
+}
+
 /// The server's acknowledgement of a stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Published {
     /// The stream that stored it.
     pub stream: String,
@@ -28,53 +53,188 @@ pub struct Published {
     pub id: String,
 }
 
-/// Makes the headers of `event` again, as `options` (which name the event's first id) and
-/// `time` encode them: what an attempt after the first sends. Encoding an event twice with the
-/// same id and time gives the same headers.
-pub(crate) fn headers_again<'a, E: crate::event::EventSet>(
-    event: &'a E,
-    options: &'a crate::envelope::EncodeOptions<'a>,
-    time: time::OffsetDateTime,
-) -> impl FnMut() -> Option<HeaderMap> + 'a {
-    move || {
-        crate::envelope::encode_at(event, options, Some(time))
-            .ok()
-            .map(|m| m.headers)
+/// The publishing side of a bus: where events go, who publishes them, and the retry policy
+/// (`publish_attempts` × `publish_timeout`). Cheap to clone; a handler's context holds one, so
+/// a handler can publish without holding the whole bus.
+#[derive(Clone)]
+pub(crate) struct Publisher {
+    inner: Arc<Settings>,
+}
+
+struct Settings {
+    backend: Backend,
+    service: String,
+    timeout: Duration,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("service", &self.inner.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(backend: Backend, service: String, config: &Config) -> Publisher {
+        Publisher {
+            inner: Arc::new(Settings {
+                backend,
+                service,
+                timeout: config.publish_timeout,
+                attempts: config.publish_attempts.max(1),
+            }),
+        }
+    }
+
+    /// Where the events go.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// The publishing service (`ce-source`).
+    pub(crate) fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// Publishes an event and waits until the server stored it (see `Bus::publish`).
+    pub(crate) async fn publish<E: EventSet>(
+        &self,
+        event: &E,
+        options: &PublishOptions,
+    ) -> Result<Published, Error> {
+        let mut opts = EncodeOptions {
+            source: &self.inner.service,
+            id: options.id.as_deref(),
+            correlation_id: options.correlation_id.as_deref(),
+            causation_id: options.causation_id.as_deref(),
+            traceparent: None,
+            extra_headers: options.headers.as_ref(),
+        };
+        let encoded = encode(event, &opts)?;
+        let span = tracing::debug_span!(target: "eventbus::publish", "publish", subject = %encoded.subject, id = %encoded.id);
+        // A retry sends the same headers, made again from the same id and time.
+        opts.id = Some(&encoded.id);
+        let time = encoded.time;
+        let again = || encode_at(event, &opts, Some(time)).ok().map(|m| m.headers);
+        let subject = encoded.subject.as_str();
+        self.send_acked_with(subject, encoded.headers, encoded.payload, again)
+            .instrument(span)
+            .await
+            .map(|ack| published(ack, encoded.id.clone()))
+            .map_err(|e| publish_error(subject, e))
+    }
+
+    /// Publishes a message as it is (see `Bus::publish_raw`).
+    pub(crate) async fn publish_raw(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Published, Error> {
+        let id = headers
+            .get(headers::MSG_ID)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        self.send_acked(subject, headers, payload)
+            .await
+            .map(|ack| published(ack, id))
+            .map_err(|e| publish_error(subject, e))
+    }
+
+    /// Publishes and waits for the acknowledgement, sending again with the same headers (so
+    /// the same `Nats-Msg-Id`) as [`Publisher::send_acked_with`] does.
+    pub(crate) async fn send_acked(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<PublishAck, PublishError> {
+        let kept = (self.inner.attempts > 1).then(|| headers.clone());
+        self.send_acked_with(subject, headers, payload, || kept.clone())
+            .await
+    }
+
+    /// The one send-and-retry loop: publishes and waits for the acknowledgement; after a
+    /// timeout or a lost connection, sends again with the headers `again` makes (the same
+    /// headers, so the same `Nats-Msg-Id`: the server keeps one copy), `publish_attempts` times
+    /// in all; so is a publish that found nobody to answer although a stream stores its
+    /// subject, after 50 ms × the attempt. `again` makes the headers only when they are needed,
+    /// so the first attempt sends without a copy; should it have none, the last error stands.
+    pub(crate) async fn send_acked_with(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+        mut again: impl FnMut() -> Option<HeaderMap>,
+    ) -> Result<PublishAck, PublishError> {
+        let attempts = self.inner.attempts;
+        let backend = &self.inner.backend;
+        let mut attempt = 1;
+        let mut headers = headers;
+        loop {
+            let result = match backend
+                .send(subject.to_owned(), headers, payload.clone())
+                .await
+            {
+                Ok(f) => f.wait().await,
+                Err(e) => Err(e),
+            };
+            let e = match result {
+                Err(e) if attempt < attempts => e,
+                other => return other,
+            };
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                if !self.stream_not_reached_yet(subject).await {
+                    return Err(e);
+                }
+                tokio::time::sleep(NO_STREAM_PAUSE * attempt).await;
+            } else if !retryable(&e.kind()) {
+                return Err(e);
+            }
+            match again() {
+                Some(h) => {
+                    tracing::warn!(target: "eventbus::publish", %subject, attempt, error = %e, "publish not acknowledged; sending again with the same id");
+                    headers = h;
+                    attempt += 1;
+                }
+                None => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a publish that found no stream (no responders) may find it on another attempt:
+    /// unless the server says that no stream stores the subject. In a cluster, the subjects of
+    /// a stream just created reach the other servers a moment later, and a stream whose
+    /// servers are away has nobody to answer until one is back; a lookup that fails (the
+    /// cluster electing a leader) cannot tell, and the attempts are bounded.
+    async fn stream_not_reached_yet(&self, subject: &str) -> bool {
+        !matches!(
+            self.inner.backend.stream_by_subject(subject).await,
+            Ok(None)
+        )
+    }
+}
+
+fn published(ack: PublishAck, id: String) -> Published {
+    Published {
+        stream: ack.stream,
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+        id,
     }
 }
 
 /// Whether a failed attempt may be sent again with the same message id.
-pub(crate) fn retryable(kind: &PublishErrorKind) -> bool {
+fn retryable(kind: &PublishErrorKind) -> bool {
     matches!(
         kind,
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending
     )
 }
 
-/// Publishes one message and waits for its acknowledgement, retrying on a timeout or a lost
-/// connection with the same headers (so the same `Nats-Msg-Id`), which `again` makes anew for
-/// each attempt after the first.
-pub(crate) async fn publish_acked(
-    backend: &crate::backend::Backend,
-    attempts: u32,
-    subject: &str,
-    id: &str,
-    headers: HeaderMap,
-    payload: Bytes,
-    again: impl FnMut() -> Option<HeaderMap>,
-) -> Result<Published, Error> {
-    backend
-        .publish_acked_with(attempts, subject, headers, payload, again)
-        .await
-        .map(|ack| Published {
-            stream: ack.stream,
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-            id: id.to_owned(),
-        })
-        .map_err(|e| publish_error(subject, e))
-}
-
+/// The error of a publish on `subject`, by what the server answered.
 pub(crate) fn publish_error(
     subject: &str,
     e: async_nats::jetstream::context::PublishError,
@@ -150,36 +310,19 @@ pub(crate) fn is_wrong_last_sequence(e: &async_nats::jetstream::context::Publish
 /// How many publishes `publish_all` keeps waiting for their acknowledgement at once.
 pub(crate) const PIPELINE_WINDOW: usize = 1024;
 
-impl crate::bus::Bus {
-    /// Publishes many events, pipelined (up to 1024 awaiting their acknowledgement at once),
-    /// and reports each outcome, in order: `Ok` once the server stored the event, or the error
-    /// in its place.
-    ///
-    /// A publish that is not acknowledged in time is sent again with the same id (so the server
-    /// keeps one copy) without holding up the others, up to `publish_attempts` times; so is one
-    /// that found nobody to answer although a stream stores its subject, after 50 ms × the
-    /// attempt (see [`crate::Bus::publish`]). When the
-    /// server is out of reach, `publish_all` does not go on trying event after event: once an
-    /// event has used all its attempts, or nothing was acknowledged for `publish_attempts` ×
-    /// `publish_timeout`, it stops sending and retrying, waits for what is under way, and
-    /// returns within about one more `publish_timeout`. Then:
-    ///
-    /// - an event sent but not acknowledged has an [`ErrorKind::Timeout`] error: it may or may
-    ///   not be stored (publish it again with the same id, [`crate::PublishOptions::id`], to
-    ///   be sure of one copy);
-    /// - an event not sent at all has an [`ErrorKind::Publish`] error that says so: it is not
-    ///   stored.
-    ///
-    /// Events that are retried may be stored in another order than given; [`crate::Bus::append`]
-    /// keeps the order of one aggregate's events.
-    pub async fn publish_all<'a, E, I>(&self, events: I) -> Vec<Result<Published, Error>>
+impl Publisher {
+    /// Publishes many events, pipelined (see `Bus::publish_all`): up to [`PIPELINE_WINDOW`]
+    /// wait for their acknowledgement at once; one not acknowledged in time goes back into the
+    /// window with the same id; once an event used its attempts, or nothing was acknowledged
+    /// for `publish_attempts` × `publish_timeout`, sending stops.
+    pub(crate) async fn publish_all<'a, E, I>(&self, events: I) -> Vec<Result<Published, Error>>
     where
-        E: crate::event::EventSet + 'a,
+        E: EventSet + 'a,
         I: IntoIterator<Item = &'a E>,
     {
         let events = events.into_iter();
         let mut run = PublishAll {
-            inner: &self.inner,
+            publisher: self,
             out: Vec::with_capacity(events.size_hint().0),
             window: VecDeque::with_capacity(PIPELINE_WINDOW),
             last_progress: Instant::now(),
@@ -187,7 +330,7 @@ impl crate::bus::Bus {
             stream_exists: None,
         };
         let options = EncodeOptions {
-            source: &self.inner.service,
+            source: self.service(),
             ..Default::default()
         };
         for (index, event) in events.enumerate() {
@@ -238,7 +381,7 @@ struct InFlight<'a, E> {
 
 /// The state of one `publish_all`.
 struct PublishAll<'b, 'a, E> {
-    inner: &'b crate::bus::Inner,
+    publisher: &'b Publisher,
     /// Each event's outcome, by index, once known.
     out: Vec<Option<Result<Published, Error>>>,
     /// The publishes waiting for their acknowledgement, oldest first.
@@ -254,8 +397,8 @@ struct PublishAll<'b, 'a, E> {
 impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
     async fn send(&mut self, index: usize, event: &'a E, m: EncodedEvent, attempt: u32) {
         let ack = self
-            .inner
-            .backend
+            .publisher
+            .backend()
             .send(m.subject.into_string(), m.headers, m.payload)
             .await;
         self.window.push_back(InFlight {
@@ -281,7 +424,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         else {
             return;
         };
-        let deadline = sent_at + self.inner.config.publish_timeout;
+        let deadline = sent_at + self.publisher.inner.timeout;
         let result = match ack {
             Ok(fut) => tokio::time::timeout_at(deadline, fut.wait())
                 .await
@@ -291,12 +434,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         let e = match result {
             Ok(ack) => {
                 self.last_progress = Instant::now();
-                self.out[f.index] = Some(Ok(Published {
-                    stream: ack.stream,
-                    sequence: ack.sequence,
-                    duplicate: ack.duplicate,
-                    id: f.id,
-                }));
+                self.out[f.index] = Some(Ok(published(ack, f.id)));
                 return;
             }
             Err(e) => e,
@@ -306,16 +444,16 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             .event_subject()
             .map(|s| s.into_string())
             .unwrap_or_default();
-        let config = &self.inner.config;
+        let settings = &self.publisher.inner;
         if e.kind() == PublishErrorKind::StreamNotFound
-            && f.attempt < config.publish_attempts
+            && f.attempt < settings.attempts
             && self.stopped.is_none()
             && self.stream_not_reached_yet(&subject).await
         {
             // Like a timeout, but answered at once: send it again a pause after it was sent,
             // growing with the attempt as for `publish`. The window's events were sent close
             // together: the first one waits, the others mostly find their pause over.
-            let pause = crate::backend::NO_STREAM_PAUSE * f.attempt;
+            let pause = NO_STREAM_PAUSE * f.attempt;
             tokio::time::sleep_until(sent_at + pause).await;
             self.send_again(f, &e).await;
             return;
@@ -328,12 +466,12 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         }
         if self.stopped.is_none() {
             let silent = self.last_progress.elapsed();
-            if f.attempt >= config.publish_attempts {
+            if f.attempt >= settings.attempts {
                 self.stopped = Some(format!(
                     "event {} on `{subject}` was not acknowledged after {} attempts",
                     f.index, f.attempt
                 ));
-            } else if silent >= config.publish_timeout * config.publish_attempts {
+            } else if silent >= settings.timeout * settings.attempts {
                 self.stopped = Some(format!(
                     "the server acknowledged nothing for {} ms",
                     silent.as_millis()
@@ -351,13 +489,13 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
     }
 
     /// Whether a publish that found no stream may find it on another attempt (see
-    /// [`crate::backend::Backend::stream_not_reached_yet`]): looked up once per call, as the
+    /// [`Publisher::stream_not_reached_yet`]): looked up once per call, as the
     /// events of one set share their aggregate's stream.
     async fn stream_not_reached_yet(&mut self, subject: &str) -> bool {
         if let Some(known) = self.stream_exists {
             return known;
         }
-        let exists = self.inner.backend.stream_not_reached_yet(subject).await;
+        let exists = self.publisher.stream_not_reached_yet(subject).await;
         self.stream_exists = Some(exists);
         exists
     }
@@ -365,11 +503,11 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
     /// Sends a publish again, encoded with its first id and time, at the back of the window.
     async fn send_again(&mut self, f: Sent<'a, E>, e: &PublishError) {
         let options = EncodeOptions {
-            source: &self.inner.service,
+            source: self.publisher.service(),
             id: Some(&f.id),
             ..Default::default()
         };
-        match crate::envelope::encode_at(f.event, &options, Some(f.time)) {
+        match encode_at(f.event, &options, Some(f.time)) {
             Ok(m) => {
                 tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.attempt, error = %e, "publish not acknowledged; sending again with the same id");
                 self.send(f.index, f.event, m, f.attempt + 1).await;

@@ -50,7 +50,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::bus::{builder, Builder, Bus};
+use crate::dispatch::{Observer, Settled, Settlement};
 use crate::error::Error;
+use crate::subject::split_event_subject;
 
 /// What became of one delivery of an event to a handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,7 @@ pub enum Outcome {
 
 /// One delivery of an event to a handler, as the test bus saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Handled {
     /// The handler's name.
     pub handler: String,
@@ -93,26 +96,47 @@ pub struct Handled {
     pub outcome: Outcome,
 }
 
-/// Records what handlers did, and how many events are being handled.
+/// Records what handlers did, and how many events are being handled: the observer of the test
+/// bus's workers.
 #[derive(Debug, Default)]
-pub(crate) struct Recorder {
+struct Recorder {
     records: Mutex<Vec<Handled>>,
     in_flight: AtomicUsize,
     changed: Notify,
 }
 
-impl Recorder {
-    pub(crate) fn begin(&self) {
+impl Observer for Recorder {
+    fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(crate) fn end(&self) {
+    fn finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
-    pub(crate) fn record(&self, h: Handled) {
-        self.records.lock().expect("records lock").push(h);
+    fn settled(&self, s: Settled<'_>) {
+        let outcome = match s.settlement {
+            Settlement::Acked => Outcome::Acked,
+            Settlement::Retried { error } => Outcome::Retried { error },
+            Settlement::DeadLettered { reason, error } => Outcome::DeadLettered {
+                reason: reason.to_owned(),
+                error,
+            },
+            Settlement::Unacknowledged => Outcome::Unacknowledged,
+        };
+        let handled = Handled {
+            handler: s.handler.to_owned(),
+            subject: s.subject.to_owned(),
+            aggregate_id: split_event_subject(s.subject)
+                .map(|(_, id, _)| id.to_owned())
+                .unwrap_or_default(),
+            event_id: s.event_id.map(str::to_owned),
+            sequence: s.sequence,
+            attempt: s.attempt,
+            outcome,
+        };
+        self.records.lock().expect("records lock").push(handled);
         self.changed.notify_waiters();
     }
 }
@@ -123,6 +147,7 @@ impl Recorder {
 #[derive(Debug)]
 pub struct TestBus {
     bus: Bus,
+    recorder: Arc<Recorder>,
 }
 
 impl std::ops::Deref for TestBus {
@@ -152,8 +177,9 @@ impl TestBus {
 
     /// Starts a test bus from a builder (see [`TestBus::builder`]).
     pub async fn from_builder(builder: Builder) -> Result<TestBus, Error> {
-        let bus = builder.record().start().await?;
-        Ok(TestBus { bus })
+        let recorder = Arc::new(Recorder::default());
+        let bus = builder.observe(recorder.clone()).start().await?;
+        Ok(TestBus { bus, recorder })
     }
 
     /// The bus.
@@ -161,25 +187,17 @@ impl TestBus {
         &self.bus
     }
 
-    fn recorder(&self) -> &Arc<Recorder> {
-        self.bus
-            .inner
-            .recorder
-            .as_ref()
-            .expect("a test bus records")
-    }
-
     /// Waits until every published event has been handled to the end: nothing left to
     /// deliver, no redelivery scheduled, no handler running. Under a paused clock, backoff
     /// delays elapse at once.
     pub async fn wait_idle(&self) {
-        let broker = match &self.bus.inner.backend {
-            crate::backend::Backend::Memory(b) => b.clone(),
-            crate::backend::Backend::Nats(_) => {
-                unreachable!("a test bus runs on the in-process broker")
-            }
-        };
-        let recorder = self.recorder().clone();
+        let broker = self
+            .bus
+            .backend()
+            .broker()
+            .expect("a test bus runs on the in-process broker")
+            .clone();
+        let recorder = &self.recorder;
         loop {
             let broker_changed = broker.notified();
             let recorder_changed = recorder.changed.notified();
@@ -203,11 +221,7 @@ impl TestBus {
 
     /// Every delivery to every handler so far, in the order they were settled.
     pub fn all_handled(&self) -> Vec<Handled> {
-        self.recorder()
-            .records
-            .lock()
-            .expect("records lock")
-            .clone()
+        self.recorder.records.lock().expect("records lock").clone()
     }
 
     /// The deliveries to one handler so far.

@@ -6,28 +6,27 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::{is_valid_name, Config, Discard, Retention, Storage, StreamOptions};
+use crate::config::{AckPolicy, ConsumerOptions, DeliverPolicy, ReplayPolicy};
 use crate::error::{Error, ErrorKind};
 use crate::event::EventDescriptor;
-use crate::registry::{
-    AckPolicy, ConsumerOptions, DeliverPolicy, HandlerRegistration, ReplayPolicy,
-};
+use crate::registry::HandlerRegistration;
 use crate::subject::{filter_covers, filter_problem, filters_overlap};
 
 /// Default max deliveries of a consumer.
-pub const DEFAULT_MAX_DELIVER: i64 = 5;
+pub(crate) const DEFAULT_MAX_DELIVER: i64 = 5;
 /// Default ack wait of a consumer.
-pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Default retry delays; the last repeats.
-pub const DEFAULT_BACKOFF: &[Duration] = &[
+pub(crate) const DEFAULT_BACKOFF: &[Duration] = &[
     Duration::from_secs(1),
     Duration::from_secs(5),
     Duration::from_secs(30),
     Duration::from_secs(120),
 ];
 /// Default number of events one handler runs at once in one instance.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 16;
 /// Default duplicate window of a stream.
-pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// One stream to create or use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +123,7 @@ fn consumer_filters(h: &HandlerRegistration) -> Vec<String> {
 }
 
 /// The default stream name of an aggregate: upper-cased, `-` kept.
-pub fn default_stream_name(aggregate: &str) -> String {
+pub(crate) fn default_stream_name(aggregate: &str) -> String {
     aggregate.to_ascii_uppercase()
 }
 

@@ -1,7 +1,7 @@
 //! Test harness for eventbus's integration tests: real `nats-server` processes.
 //!
 //! Every test starts its own server (or cluster) on free loopback ports with a temporary store,
-//! so no test depends on another's leftover state (DESIGN.md §9):
+//! so no test depends on another's leftover state (README, "Set up"):
 //!
 //! ```no_run
 //! use eventbus_tests::{wait_until, NatsServer};

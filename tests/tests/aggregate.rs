@@ -1,4 +1,4 @@
-//! Event-sourced aggregates against a real `nats-server` (DESIGN.md §5, §6): `load` folds an
+//! Event-sourced aggregates against a real `nats-server` (README, "Publishing, replay and event-sourced aggregates"): `load` folds an
 //! aggregate's events into its state and version; `save` appends only if the aggregate is still
 //! at that version, so of two writers racing from one version exactly one wins and the other
 //! gets a conflict, with none of its events stored. `append` needs nats-server 2.11.

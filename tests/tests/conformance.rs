@@ -1,4 +1,4 @@
-//! Conformance (DESIGN.md §7): the same scenarios on the in-process broker and on a real
+//! Conformance (README, "The in-process broker"): the same scenarios on the in-process broker and on a real
 //! `nats-server`, so the two cannot drift apart. Each scenario is an `async fn(url)` that uses
 //! the public API only; [`conformance!`] runs it twice, as `<scenario>::memory` on a
 //! `memory://` broker of its own and as `<scenario>::nats` on a server of its own.

@@ -1,4 +1,4 @@
-//! How a bus reaches its server (DESIGN.md §4.1): token and nkey credentials, TLS (server-only
+//! How a bus reaches its server (README, "A service with two handlers, and its configuration"): token and nkey credentials, TLS (server-only
 //! and mutual, from the builder and from `EVENTBUS_TLS_*`), and a replicated stream on a
 //! three-node cluster that keeps handling events after its leader dies.
 //!

@@ -5,9 +5,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use eventbus::envelope::{self, EncodeOptions};
+use eventbus::__private::{self as envelope, EncodeOptions};
+use eventbus::__private::{self as registry, HandlerRegistration};
 use eventbus::prelude::*;
-use eventbus::registry::{self, HandlerRegistration};
 use eventbus::{
     AckPolicy, ConsumerOptions, DecodeError, DeliverPolicy, ErrorKind, EventDescriptor, Metadata,
     ReplayPolicy,

@@ -1,4 +1,4 @@
-//! Dispatch semantics against a real `nats-server` (DESIGN.md §4.5): ack on success, nak with
+//! Dispatch semantics against a real `nats-server` (README, "Handlers"; the path of a delivery in docs/ARCHITECTURE.md): ack on success, nak with
 //! backoff, dead letters (permanent error, max deliveries, undecodable body, unknown event
 //! type), caught panics, in-progress acks for long handlers, bounded concurrency, per-aggregate
 //! order, foreign messages, and causation through `ctx.publish`.

@@ -1,4 +1,4 @@
-//! Dead letters against a real `nats-server` (DESIGN.md §4.5): they are listed with their
+//! Dead letters against a real `nats-server` (README, "Handlers"): they are listed with their
 //! cause and origin, all or one consumer's; once the cause is fixed, republishing one (or all)
 //! gets it handled and removes it from the dead-letter stream; a republished event does not
 //! appear twice in its aggregate's history.

@@ -1,4 +1,4 @@
-//! A bus's life against a real `nats-server` (DESIGN.md §4.1, 4.4, 4.6, 4.7): instances of one
+//! A bus's life against a real `nats-server` (README, "Handlers" and "A service with two handlers"): instances of one
 //! service split the work, consumers survive a server crash, shutdown lets in-flight handlers
 //! finish (within the grace period) and acks only what was handled, a lost connection ends
 //! `run()` with an error while a shutdown during an outage still returns, credentials, and a

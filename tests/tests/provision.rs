@@ -1,4 +1,4 @@
-//! Provisioning against a real `nats-server` (DESIGN.md §4.2–4.4): the streams and consumers a
+//! Provisioning against a real `nats-server` (README, "A service with two handlers, and its configuration"): the streams and consumers a
 //! bus creates, an existing stream used as it is, a partly overlapping one refused, settings
 //! updated where the server allows it and refused with a way out where it does not, the
 //! registry validated as a whole before any network call, the topology printout, and a server

@@ -1,4 +1,4 @@
-//! Publishing against a real `nats-server` (DESIGN.md §5): an event counts as stored only once
+//! Publishing against a real `nats-server` (README, "Publishing, replay and event-sourced aggregates"): an event counts as stored only once
 //! the server acknowledged it; an explicit id is published once; what cannot be stored (an
 //! invalid aggregate id, a subject no stream covers, an oversize body) is a typed error, never a
 //! silent loss; a publish retried across a server restart or a lost acknowledgement leaves one
@@ -356,9 +356,9 @@ async fn an_oversize_event_is_an_error_and_the_connection_lives_on() {
         id: "b-2".into(),
         note: "x".repeat(4000),
     };
-    let encoded = eventbus::envelope::encode(
+    let encoded = eventbus::__private::encode(
         &just_under,
-        &eventbus::envelope::EncodeOptions {
+        &eventbus::__private::EncodeOptions {
             source: "pub",
             ..Default::default()
         },

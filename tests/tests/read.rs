@@ -1,4 +1,4 @@
-//! Reading an aggregate's events against a real `nats-server` (DESIGN.md §6): in order, from
+//! Reading an aggregate's events against a real `nats-server` (README, "Publishing, replay and event-sourced aggregates"): in order, from
 //! the start, from a version or from a stream sequence, to the end that existed when the read
 //! began, with no cap on the count and no consumer left on the server.
 //!

@@ -139,7 +139,10 @@ async fn main() -> Result<(), Error> {
         .init();
     let bus = eventbus::builder().service("bank").start().await?;
     // A new account each run, so the program can run again against the same server.
-    let id = format!("acct-{}", &eventbus::envelope::new_event_id()[24..]);
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let id = format!("acct-{}", since_epoch.as_micros());
 
     for command in [
         Command::Open { owner: "Ada" },

@@ -143,9 +143,9 @@ async fn main() {
             n: i as u64,
             note: "x".repeat(64),
         };
-        let enc = eventbus::envelope::encode(
+        let enc = eventbus::__private::encode(
             &e,
-            &eventbus::envelope::EncodeOptions {
+            &eventbus::__private::EncodeOptions {
                 source: "bench",
                 ..Default::default()
             },

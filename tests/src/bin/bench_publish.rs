@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use eventbus::envelope::{encode, EncodeOptions, EncodedEvent};
+use eventbus::__private::{encode, EncodeOptions, EncodedEvent};
 use eventbus::prelude::*;
 use eventbus_tests::NatsServer;
 

@@ -12,28 +12,14 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::connection::ConnectionState;
+use super::nats::Nats;
+use super::{ConnectionState, Incoming, Pulled};
 use crate::error::{Error, ErrorKind};
 
 /// How long one pull request waits on the server.
 const EXPIRES: Duration = Duration::from_secs(30);
 /// How often the server says a waiting pull request is still alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// What a pull brought.
-// One per bus, worker or read, or moved once per event: boxing the large variant would
-// cost an allocation per event for no gain.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum PullEvent {
-    /// An event, against one credit.
-    Message(jetstream::Message),
-    /// Credits returned unused (a request expired or ended).
-    Returned(usize),
-    /// Every outstanding credit is lost (reconnect, or the server went silent): ask again.
-    Reset,
-    /// The consumer is gone or refuses pulls; the pull must start anew.
-    Failed(Error),
-}
 
 /// Pulls one consumer by credit.
 pub(crate) struct NatsPuller {
@@ -50,12 +36,13 @@ pub(crate) struct NatsPuller {
 
 impl NatsPuller {
     pub(crate) async fn new(
-        context: &jetstream::Context,
+        nats: &Nats,
         stream: &str,
         consumer: &str,
         state: watch::Receiver<ConnectionState>,
     ) -> Result<Self, Error> {
-        let client = context.client();
+        let client = nats.client.clone();
+        let context = &nats.js;
         let (inbox, sub) = subscribe(&client).await?;
         Ok(NatsPuller {
             inbox,
@@ -105,16 +92,16 @@ impl NatsPuller {
 
     /// Starts over on a new inbox: what the old requests still deliver goes nowhere (the
     /// server redelivers it after the ack wait).
-    async fn reset(&mut self) -> PullEvent {
+    async fn reset(&mut self) -> Pulled {
         self.outstanding = 0;
         match self.resubscribe().await {
-            Ok(()) => PullEvent::Reset,
-            Err(e) => PullEvent::Failed(e),
+            Ok(()) => Pulled::Reset,
+            Err(e) => Pulled::Failed(e),
         }
     }
 
     /// The next thing the pull brings. Cancel-safe.
-    pub(crate) async fn next(&mut self) -> PullEvent {
+    pub(crate) async fn next(&mut self) -> Pulled {
         loop {
             let silence = self.last_activity + HEARTBEAT * 2 + Duration::from_secs(1);
             tokio::select! {
@@ -124,7 +111,7 @@ impl NatsPuller {
                     match m.status.unwrap_or(StatusCode::OK) {
                         StatusCode::OK => {
                             self.outstanding = self.outstanding.saturating_sub(1);
-                            return PullEvent::Message(jetstream::Message { message: m, context: self.context.clone() });
+                            return Pulled::Message(Incoming::Nats(jetstream::Message { message: m, context: self.context.clone() }));
                         }
                         StatusCode::IDLE_HEARTBEAT | StatusCode::NOT_FOUND => continue,
                         StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED => {
@@ -138,10 +125,10 @@ impl NatsPuller {
                                 Some(n) => {
                                     let n = n.min(self.outstanding);
                                     self.outstanding -= n;
-                                    return PullEvent::Returned(n);
+                                    return Pulled::Returned(n);
                                 }
                                 None => {
-                                    return PullEvent::Failed(Error::new(
+                                    return Pulled::Failed(Error::new(
                                         ErrorKind::JetStream,
                                         format!("the server ended the pull: {description}"),
                                     ))
@@ -149,10 +136,10 @@ impl NatsPuller {
                             }
                         }
                         StatusCode::NO_RESPONDERS => {
-                            return PullEvent::Failed(Error::new(ErrorKind::JetStream, "no JetStream responders for the pull"));
+                            return Pulled::Failed(Error::new(ErrorKind::JetStream, "no JetStream responders for the pull"));
                         }
                         other => {
-                            return PullEvent::Failed(Error::new(
+                            return Pulled::Failed(Error::new(
                                 ErrorKind::JetStream,
                                 format!("unexpected pull status {other}: {}", m.description.unwrap_or_default()),
                             ))

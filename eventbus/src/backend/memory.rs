@@ -25,15 +25,7 @@ use crate::subject::{filter_covers, filters_overlap};
 /// The largest message the in-process broker accepts (as nats-server's default).
 pub(crate) const MAX_PAYLOAD: usize = 1024 * 1024;
 
-/// A stored message.
-#[derive(Debug, Clone)]
-pub(crate) struct Stored {
-    pub(crate) subject: String,
-    pub(crate) sequence: u64,
-    pub(crate) headers: HeaderMap,
-    pub(crate) payload: Bytes,
-    pub(crate) time: OffsetDateTime,
-}
+pub(crate) use super::Stored;
 
 #[derive(Debug)]
 struct Pending {

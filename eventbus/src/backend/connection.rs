@@ -1,4 +1,4 @@
-//! The connection to NATS: options from the configuration, and its observable state.
+//! The connection to a NATS server: options from the configuration, and its observable state.
 
 use std::time::Duration;
 

@@ -1,0 +1,579 @@
+//! The seam to the outside world: where events live. Either a NATS JetStream server
+//! ([`nats`], with its connection in [`connection`] and its credit-based pulls in [`pull`]) or
+//! the in-process broker ([`memory`]). Nothing above this module knows which one it talks to:
+//! streams, consumers, pulls, acks, publishes and stored-message reads all go through
+//! [`Backend`], and every type it hands out ([`Incoming`], [`Puller`], [`Scan`], [`Stored`])
+//! hides the difference.
+//!
+//! This module sends one request at a time and reports what the server answered; it decides
+//! nothing. Retrying a publish is the publishing module's policy (`publish.rs`).
+
+mod connection;
+pub(crate) mod memory;
+mod nats;
+mod pull;
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+pub use self::connection::ConnectionState;
+pub(crate) use self::memory::Broker;
+use self::memory::Settle;
+use self::nats::Nats;
+use self::pull::NatsPuller;
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+
+/// The oldest server version eventbus runs on.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 10, 0);
+
+/// A stored message, as a read or a get returns it.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) subject: String,
+    pub(crate) sequence: u64,
+    pub(crate) headers: HeaderMap,
+    pub(crate) payload: Bytes,
+    pub(crate) time: OffsetDateTime,
+}
+
+/// Where the events live. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// A NATS JetStream server.
+    Nats(std::sync::Arc<Nats>),
+    /// The in-process broker.
+    Memory(Broker),
+}
+
+/// A backend, connected, with what is known of its connection.
+pub(crate) struct Connected {
+    pub(crate) backend: Backend,
+    /// The connection's state, as it changes.
+    pub(crate) state: watch::Receiver<ConnectionState>,
+    /// Turns true when reconnect attempts are exhausted.
+    pub(crate) gave_up: watch::Receiver<bool>,
+    /// What the logs call the server.
+    pub(crate) server: String,
+    /// The senders of the state channels of the in-process broker, kept open.
+    pub(crate) _keep_alive: Option<(watch::Sender<ConnectionState>, watch::Sender<bool>)>,
+}
+
+impl Backend {
+    /// Connects to what the configuration names: the in-process broker for no URL or
+    /// `memory://[NAME]` (with a warning, as events then live only in this process), else the
+    /// NATS servers, refusing one older than [`MIN_SERVER_VERSION`].
+    pub(crate) async fn connect(config: &Config, service: &str) -> Result<Connected, Error> {
+        let memory = match config.urls.as_slice() {
+            [] => Some("memory://".to_owned()),
+            [u] if u.starts_with("memory:") => Some(u.clone()),
+            _ => None,
+        };
+        let Some(url) = memory else {
+            let conn = connection::connect(config, service, &config.urls).await?;
+            let info = conn.client.server_info();
+            let version = connection::parse_version(&info.version).unwrap_or((0, 0, 0));
+            if version < MIN_SERVER_VERSION {
+                return Err(Error::new(
+                    ErrorKind::ServerVersion,
+                    format!(
+                        "nats-server {} at {} is too old: eventbus needs 2.10 or newer",
+                        info.version,
+                        config.urls.join(",")
+                    ),
+                ));
+            }
+            let nats = Nats::new(conn.client, version, config.publish_timeout);
+            return Ok(Connected {
+                backend: Backend::Nats(std::sync::Arc::new(nats)),
+                state: conn.state,
+                gave_up: conn.gave_up,
+                server: info.version,
+                _keep_alive: None,
+            });
+        };
+        tracing::warn!(
+            target: "eventbus",
+            %url,
+            "no server URL: running on the in-process broker; events live only in this process (set EVENTBUS_URL=nats://... for JetStream)"
+        );
+        let broker = Broker::named(url.trim_start_matches("memory:").trim_start_matches("//"));
+        let (state_tx, state) = watch::channel(ConnectionState::Connected);
+        let (gave_up_tx, gave_up) = watch::channel(false);
+        Ok(Connected {
+            backend: Backend::Memory(broker),
+            state,
+            gave_up,
+            server: "in-process".to_owned(),
+            _keep_alive: Some((state_tx, gave_up_tx)),
+        })
+    }
+
+    /// The server's version; the in-process broker has every feature, so it counts as newest.
+    pub(crate) fn server_version(&self) -> (u64, u64, u64) {
+        match self {
+            Backend::Nats(n) => n.version,
+            Backend::Memory(_) => (u64::MAX, 0, 0),
+        }
+    }
+
+    /// The NATS connection (none on the in-process broker).
+    pub(crate) fn client(&self) -> Option<&async_nats::Client> {
+        match self {
+            Backend::Nats(n) => Some(&n.client),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// The JetStream context (none on the in-process broker).
+    pub(crate) fn jetstream(&self) -> Option<&jetstream::Context> {
+        match self {
+            Backend::Nats(n) => Some(&n.js),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// The in-process broker, if that is where the events live.
+    pub(crate) fn broker(&self) -> Option<&Broker> {
+        match self {
+            Backend::Nats(_) => None,
+            Backend::Memory(b) => Some(b),
+        }
+    }
+
+    /// Sends what is still to be sent and closes the connection (nothing to do in process).
+    /// Acks that cannot get out within `flush_timeout` are given up: their events are
+    /// redelivered, never lost.
+    pub(crate) async fn close(&self, flush_timeout: Duration) -> Result<(), Error> {
+        match self {
+            Backend::Nats(n) => n.close(flush_timeout).await,
+            Backend::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Every stream's configuration.
+    pub(crate) async fn streams(&self) -> Result<Vec<stream::Config>, Error> {
+        match self {
+            Backend::Nats(n) => n.streams().await,
+            Backend::Memory(b) => Ok(b.streams()),
+        }
+    }
+
+    pub(crate) async fn create_stream(&self, config: stream::Config) -> Result<(), Error> {
+        let ctx = format!("cannot create stream `{}`", config.name);
+        match self {
+            Backend::Nats(n) => n.create_stream(config, ctx).await,
+            Backend::Memory(b) => b
+                .create_stream(config)
+                .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e)),
+        }
+    }
+
+    pub(crate) async fn update_stream(&self, config: stream::Config) -> Result<(), Error> {
+        let ctx = format!("cannot update stream `{}`", config.name);
+        match self {
+            Backend::Nats(n) => n.update_stream(config, ctx).await,
+            Backend::Memory(b) => b
+                .update_stream(config)
+                .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e)),
+        }
+    }
+
+    /// A consumer's configuration, `None` when it does not exist.
+    pub(crate) async fn consumer_config(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<Option<consumer::Config>, Error> {
+        match self {
+            Backend::Nats(n) => n.consumer_config(stream, name).await,
+            Backend::Memory(b) => Ok(b.consumer_config(stream, name)),
+        }
+    }
+
+    /// Creates or updates a consumer.
+    pub(crate) async fn put_consumer(
+        &self,
+        stream: &str,
+        config: consumer::Config,
+        update: bool,
+    ) -> Result<(), Error> {
+        let name = config
+            .durable_name
+            .clone()
+            .or_else(|| config.name.clone())
+            .unwrap_or_default();
+        let ctx = format!(
+            "cannot {} consumer `{name}` on stream `{stream}`",
+            if update { "update" } else { "create" }
+        );
+        match self {
+            Backend::Nats(n) => n.put_consumer(stream, config, update, ctx).await,
+            Backend::Memory(b) => b
+                .put_consumer(stream, config)
+                .map(|_| ())
+                .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e)),
+        }
+    }
+
+    pub(crate) async fn delete_consumer(&self, stream: &str, name: &str) -> Result<(), Error> {
+        match self {
+            Backend::Nats(n) => n.delete_consumer(stream, name).await,
+            Backend::Memory(b) => {
+                b.delete_consumer(stream, name);
+                Ok(())
+            }
+        }
+    }
+
+    /// A puller of a consumer's events. It follows the connection's `state`, to start over
+    /// after a reconnect.
+    pub(crate) async fn puller(
+        &self,
+        stream: &str,
+        name: &str,
+        state: watch::Receiver<ConnectionState>,
+    ) -> Result<Puller, Error> {
+        match self {
+            Backend::Nats(n) => Ok(Puller::Nats(NatsPuller::new(n, stream, name, state).await?)),
+            Backend::Memory(b) => {
+                if b.consumer_config(stream, name).is_none() {
+                    return Err(Error::new(
+                        ErrorKind::Provision,
+                        format!("no consumer `{name}` on stream `{stream}`"),
+                    ));
+                }
+                Ok(Puller::Memory {
+                    broker: b.clone(),
+                    stream: stream.to_owned(),
+                    consumer: name.to_owned(),
+                    credits: 0,
+                })
+            }
+        }
+    }
+
+    /// Sends one publish; the returned future gives its acknowledgement. One attempt: sending
+    /// again is the decision of `publish.rs`.
+    pub(crate) async fn send(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<AckFuture, PublishError> {
+        match self {
+            Backend::Nats(n) => {
+                n.js.publish_with_headers(subject, headers, payload)
+                    .await
+                    .map(AckFuture::Nats)
+            }
+            Backend::Memory(b) => Ok(AckFuture::Ready(b.publish(&subject, headers, payload))),
+        }
+    }
+
+    /// The stream that stores a concrete subject; `None` if none does.
+    pub(crate) async fn stream_by_subject(&self, subject: &str) -> Result<Option<String>, Error> {
+        match self {
+            Backend::Nats(n) => n.stream_by_subject(subject).await,
+            Backend::Memory(b) => Ok(b.stream_by_subject(subject)),
+        }
+    }
+
+    /// The first message at or after `seq` on `filter`.
+    pub(crate) async fn next_by_subject(
+        &self,
+        stream: &str,
+        filter: &str,
+        seq: u64,
+    ) -> Result<Option<Stored>, Error> {
+        match self {
+            Backend::Nats(n) => n.next_by_subject(stream, filter, seq).await,
+            Backend::Memory(b) => Ok(b.next_by_subject(stream, filter, seq)),
+        }
+    }
+
+    /// The message with sequence `seq`.
+    pub(crate) async fn get(&self, stream: &str, seq: u64) -> Result<Stored, Error> {
+        match self {
+            Backend::Nats(n) => n.get(stream, seq).await,
+            Backend::Memory(b) => b.get(stream, seq).ok_or_else(|| {
+                Error::new(ErrorKind::Read, format!("no message {seq} in `{stream}`"))
+            }),
+        }
+    }
+
+    /// The sequence of the last message on `filter` (0 if none) and how many messages it has.
+    pub(crate) async fn last_and_count(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<(u64, u64), Error> {
+        match self {
+            Backend::Nats(n) => n.last_and_count(stream, filter).await,
+            Backend::Memory(b) => b
+                .last_and_count(stream, filter)
+                .ok_or_else(|| Error::new(ErrorKind::JetStream, format!("no stream `{stream}`"))),
+        }
+    }
+
+    /// Removes one message from a stream.
+    pub(crate) async fn delete_message(&self, stream: &str, seq: u64) -> Result<(), Error> {
+        match self {
+            Backend::Nats(n) => n.delete_message(stream, seq).await,
+            Backend::Memory(b) => {
+                if b.delete_message(stream, seq) {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::JetStream,
+                        format!("cannot remove message {seq} from `{stream}`"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The messages of stream `name` on `filter`, in order, from sequence `from` up to the
+    /// stream's last one when the scan begins. No consumer is created.
+    pub(crate) async fn scan(&self, name: &str, filter: String, from: u64) -> Result<Scan, Error> {
+        match self {
+            Backend::Nats(n) => Ok(Scan::Nats(Box::new(n.scan(name, filter, from).await?))),
+            Backend::Memory(b) => {
+                let (first, last) = b.stream_range(name).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Read,
+                        format!("cannot open stream `{name}`: it does not exist"),
+                    )
+                })?;
+                Ok(Scan::Memory {
+                    broker: b.clone(),
+                    stream: name.to_owned(),
+                    filter,
+                    next: from.max(first).max(1),
+                    last,
+                })
+            }
+        }
+    }
+}
+
+/// The acknowledgement of a publish that was sent.
+pub(crate) enum AckFuture {
+    Nats(jetstream::context::PublishAckFuture),
+    Ready(Result<PublishAck, PublishError>),
+}
+
+impl AckFuture {
+    pub(crate) async fn wait(self) -> Result<PublishAck, PublishError> {
+        match self {
+            AckFuture::Nats(f) => f.await,
+            AckFuture::Ready(r) => r,
+        }
+    }
+}
+
+/// What pulling a consumer brought.
+// One per worker, or moved once per event: boxing the large variant would cost an allocation
+// per event for no gain.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Pulled {
+    /// An event, against one credit.
+    Message(Incoming),
+    /// Credits returned unused (a request expired or ended).
+    Returned(usize),
+    /// Every outstanding credit is lost (reconnect, or the server went silent): ask again.
+    Reset,
+    /// The pull failed; it starts over after a pause.
+    Failed(Error),
+}
+
+/// Pulls one consumer's events by credit: [`Puller::request`] asks for `n` more, each
+/// [`Pulled::Message`] uses one.
+// One per worker: boxing the large variant would gain nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Puller {
+    Nats(NatsPuller),
+    Memory {
+        broker: Broker,
+        stream: String,
+        consumer: String,
+        credits: usize,
+    },
+}
+
+impl Puller {
+    /// Asks for up to `n` more events.
+    pub(crate) async fn request(&mut self, n: usize) -> Result<(), Error> {
+        match self {
+            Puller::Nats(p) => p.request(n).await,
+            Puller::Memory { credits, .. } => {
+                *credits += n;
+                Ok(())
+            }
+        }
+    }
+
+    /// The next thing the pull brings. Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Pulled {
+        match self {
+            Puller::Nats(p) => p.next().await,
+            Puller::Memory {
+                broker,
+                stream,
+                consumer,
+                credits,
+            } => {
+                if *credits == 0 {
+                    return std::future::pending().await;
+                }
+                match broker.next(stream, consumer).await {
+                    Some(d) => {
+                        *credits -= 1;
+                        Pulled::Message(Incoming::Memory(broker.clone(), d))
+                    }
+                    None => {
+                        *credits = 0;
+                        Pulled::Failed(Error::new(
+                            ErrorKind::Provision,
+                            format!("consumer `{consumer}` on stream `{stream}` is gone"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One delivered message.
+#[derive(Clone)]
+pub(crate) enum Incoming {
+    Nats(jetstream::Message),
+    Memory(Broker, memory::Delivery),
+}
+
+/// Where a delivered message sits.
+pub(crate) struct IncomingInfo {
+    pub(crate) stream_sequence: u64,
+    pub(crate) delivered: u64,
+    pub(crate) pending: u64,
+}
+
+impl Incoming {
+    pub(crate) fn subject(&self) -> &str {
+        match self {
+            Incoming::Nats(m) => m.subject.as_str(),
+            Incoming::Memory(_, d) => &d.message.subject,
+        }
+    }
+
+    /// Takes the headers out (for the event's metadata, without a copy).
+    pub(crate) fn take_headers(&mut self) -> HeaderMap {
+        match self {
+            Incoming::Nats(m) => m.message.headers.take().unwrap_or_default(),
+            Incoming::Memory(_, d) => std::mem::take(&mut d.message.headers),
+        }
+    }
+
+    pub(crate) fn payload(&self) -> &Bytes {
+        match self {
+            Incoming::Nats(m) => &m.payload,
+            Incoming::Memory(_, d) => &d.message.payload,
+        }
+    }
+
+    pub(crate) fn info(&self) -> Result<IncomingInfo, Error> {
+        match self {
+            Incoming::Nats(m) => {
+                let i = m.info().map_err(|e| {
+                    Error::new(ErrorKind::JetStream, "message without JetStream metadata")
+                        .with_source(e)
+                })?;
+                Ok(IncomingInfo {
+                    stream_sequence: i.stream_sequence,
+                    delivered: i.delivered.max(1) as u64,
+                    pending: i.pending,
+                })
+            }
+            Incoming::Memory(_, d) => Ok(IncomingInfo {
+                stream_sequence: d.message.sequence,
+                delivered: d.delivered,
+                pending: d.pending,
+            }),
+        }
+    }
+
+    /// Acks, naks (with a delay), terminates or keeps (in progress) the message.
+    pub(crate) async fn settle(&self, how: AckKind) -> Result<(), Error> {
+        match self {
+            Incoming::Nats(m) => m
+                .ack_with(how)
+                .await
+                .map_err(|e| Error::new(ErrorKind::JetStream, "cannot acknowledge").with_source(e)),
+            Incoming::Memory(b, d) => {
+                let s = match how {
+                    AckKind::Ack | AckKind::Next => Settle::Ack,
+                    AckKind::Nak(delay) => Settle::Nak(delay),
+                    AckKind::Progress => Settle::Progress,
+                    AckKind::Term => Settle::Term,
+                };
+                b.settle(d, s);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A scan of a stream's stored messages (see [`Backend::scan`]).
+pub(crate) enum Scan {
+    // Boxed: a scan of the server holds its buffers and subscription, and there is one per read.
+    Nats(Box<nats::Scan>),
+    Memory {
+        broker: Broker,
+        stream: String,
+        filter: String,
+        next: u64,
+        last: u64,
+    },
+}
+
+impl Scan {
+    /// The next message, `None` at the end.
+    pub(crate) async fn next(&mut self) -> Option<Result<Stored, Error>> {
+        match self {
+            Scan::Nats(s) => s.next().await,
+            Scan::Memory {
+                broker,
+                stream,
+                filter,
+                next,
+                last,
+            } => {
+                let m = broker
+                    .next_by_subject(stream, filter, *next)
+                    .filter(|m| m.sequence <= *last)?;
+                *next = m.sequence + 1;
+                Some(Ok(m))
+            }
+        }
+    }
+
+    /// The scan as a stream of messages; an error ends it.
+    pub(crate) fn into_stream(self) -> futures::stream::BoxStream<'static, Result<Stored, Error>> {
+        use futures::StreamExt;
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut scan = state?;
+            match scan.next().await? {
+                Ok(m) => Some((Ok(m), Some(scan))),
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+        .boxed()
+    }
+}

@@ -1,0 +1,529 @@
+//! A NATS JetStream server: the JetStream API calls eventbus makes, and scans of stored
+//! messages by stream gets and batched direct gets (ADR-31), which create no consumer.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::Stored;
+use crate::envelope::headers_without;
+use crate::error::{Error, ErrorKind};
+
+/// The server version that answers batched direct gets (ADR-31).
+const BATCH_GET_MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
+
+/// How many messages one batched direct get asks for.
+const BATCH: usize = 512;
+
+/// The headers a direct get adds to a stored message; a read returns the message's own only.
+const DIRECT_GET_HEADERS: [&str; 6] = [
+    "Nats-Stream",
+    "Nats-Subject",
+    "Nats-Sequence",
+    "Nats-Time-Stamp",
+    "Nats-Num-Pending",
+    "Nats-Last-Sequence",
+];
+
+/// A connection to a JetStream server.
+#[derive(Debug)]
+pub(crate) struct Nats {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    /// The server's version, for feature checks.
+    pub(crate) version: (u64, u64, u64),
+    /// How long a request waits for its answer.
+    pub(crate) timeout: Duration,
+}
+
+impl From<jetstream::message::StreamMessage> for Stored {
+    fn from(m: jetstream::message::StreamMessage) -> Self {
+        Stored {
+            subject: m.subject.to_string(),
+            sequence: m.sequence,
+            headers: m.headers,
+            payload: m.payload,
+            time: m.time,
+        }
+    }
+}
+
+impl Nats {
+    pub(crate) fn new(
+        client: async_nats::Client,
+        version: (u64, u64, u64),
+        timeout: Duration,
+    ) -> Nats {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .build(client.clone());
+        Nats {
+            client,
+            js,
+            version,
+            timeout,
+        }
+    }
+
+    async fn stream(
+        &self,
+        name: &str,
+        kind: ErrorKind,
+    ) -> Result<jetstream::stream::Stream<()>, Error> {
+        self.js
+            .get_stream_no_info(name)
+            .await
+            .map_err(|e| Error::new(kind, format!("cannot open stream `{name}`")).with_source(e))
+    }
+
+    /// Flushes what is still to be sent (within `flush_timeout`) and drains the connection.
+    pub(crate) async fn close(&self, flush_timeout: Duration) -> Result<(), Error> {
+        // Bounded: while the server is unreachable a flush waits for the next reconnect, which
+        // may be minutes away; acks that do not get out mean redeliveries, not lost events.
+        match tokio::time::timeout(flush_timeout, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(target: "eventbus", error = %e, "cannot flush the last acks")
+            }
+            Err(_) => tracing::warn!(
+                target: "eventbus",
+                timeout = ?flush_timeout,
+                state = ?self.client.connection_state(),
+                "cannot flush the last acks in time; their events will be redelivered"
+            ),
+        }
+        self.client.drain().await.map_err(|e| {
+            Error::new(ErrorKind::Shutdown, "cannot drain the connection").with_source(e)
+        })
+    }
+
+    pub(crate) async fn streams(&self) -> Result<Vec<stream::Config>, Error> {
+        let infos: Vec<stream::Info> = self
+            .js
+            .streams()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                Error::new(ErrorKind::Provision, "cannot list the server's streams").with_source(e)
+            })?;
+        Ok(infos.into_iter().map(|i| i.config).collect())
+    }
+
+    pub(crate) async fn create_stream(
+        &self,
+        config: stream::Config,
+        ctx: String,
+    ) -> Result<(), Error> {
+        self.js
+            .create_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e))
+    }
+
+    pub(crate) async fn update_stream(
+        &self,
+        config: stream::Config,
+        ctx: String,
+    ) -> Result<(), Error> {
+        self.js
+            .update_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e))
+    }
+
+    pub(crate) async fn consumer_config(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<Option<consumer::Config>, Error> {
+        let s = self.js.get_stream_no_info(stream).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Provision,
+                format!("cannot find stream `{stream}`"),
+            )
+            .with_source(e)
+        })?;
+        match s.consumer_info(name).await {
+            Ok(info) => Ok(Some(info.config)),
+            Err(e) => match e.kind() {
+                jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(None),
+                jetstream::context::ConsumerInfoErrorKind::JetStream(je)
+                    if je.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(Error::new(
+                    ErrorKind::Provision,
+                    format!("cannot look up consumer `{name}` on `{stream}`"),
+                )
+                .with_source(e)),
+            },
+        }
+    }
+
+    pub(crate) async fn put_consumer(
+        &self,
+        stream: &str,
+        config: consumer::Config,
+        update: bool,
+        ctx: String,
+    ) -> Result<(), Error> {
+        let s = self.js.get_stream_no_info(stream).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Provision,
+                format!("cannot find stream `{stream}`"),
+            )
+            .with_source(e)
+        })?;
+        let result: Result<(), crate::error::BoxError> = if update {
+            s.update_consumer(config)
+                .await
+                .map(|_| ())
+                .map_err(Into::into)
+        } else {
+            s.create_consumer(config)
+                .await
+                .map(|_| ())
+                .map_err(Into::into)
+        };
+        result.map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e))
+    }
+
+    pub(crate) async fn delete_consumer(&self, stream: &str, name: &str) -> Result<(), Error> {
+        self.js
+            .delete_consumer_from_stream(name, stream)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::JetStream,
+                    format!("cannot remove consumer `{name}`"),
+                )
+                .with_source(e)
+            })
+    }
+
+    pub(crate) async fn stream_by_subject(&self, subject: &str) -> Result<Option<String>, Error> {
+        match self.js.stream_by_subject(subject).await {
+            Ok(name) => Ok(Some(name)),
+            Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::new(
+                ErrorKind::Read,
+                format!("cannot look up the stream that stores subject `{subject}`"),
+            )
+            .with_source(e)),
+        }
+    }
+
+    pub(crate) async fn next_by_subject(
+        &self,
+        stream: &str,
+        filter: &str,
+        seq: u64,
+    ) -> Result<Option<Stored>, Error> {
+        let s = self.stream(stream, ErrorKind::Read).await?;
+        match s
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(filter.to_owned())
+            .send()
+            .await
+        {
+            Ok(m) => Ok(Some(m.into())),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(Error::new(
+                ErrorKind::Read,
+                format!("cannot read the messages on `{filter}`"),
+            )
+            .with_source(e)),
+        }
+    }
+
+    pub(crate) async fn get(&self, stream: &str, seq: u64) -> Result<Stored, Error> {
+        let ctx = || format!("no message {seq} in `{stream}`");
+        let s = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))?;
+        s.get_raw_message(seq)
+            .await
+            .map(Into::into)
+            .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))
+    }
+
+    pub(crate) async fn last_and_count(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<(u64, u64), Error> {
+        let s = self.stream(stream, ErrorKind::JetStream).await?;
+        let last = match s.get_last_raw_message_by_subject(filter).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::JetStream,
+                    format!("cannot find the last message on `{filter}`"),
+                )
+                .with_source(e))
+            }
+        };
+        let info: serde_json::Value = self
+            .js
+            .request(
+                format!("STREAM.INFO.{stream}"),
+                &serde_json::json!({ "subjects_filter": filter }),
+            )
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::JetStream,
+                    format!("cannot count the messages on `{filter}`"),
+                )
+                .with_source(e)
+            })?;
+        if let Some(err) = info.get("error") {
+            return Err(Error::new(
+                ErrorKind::JetStream,
+                format!("cannot count the messages on `{filter}`: {err}"),
+            ));
+        }
+        let count = info
+            .pointer("/state/subjects")
+            .and_then(|s| s.as_object())
+            .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0);
+        Ok((last, count))
+    }
+
+    pub(crate) async fn delete_message(&self, stream: &str, seq: u64) -> Result<(), Error> {
+        let ctx = || format!("cannot remove message {seq} from `{stream}`");
+        let s = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))?;
+        s.delete_message(seq)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))
+    }
+
+    /// Opens a scan of stream `name` on `filter` from sequence `from`: reads the range of
+    /// sequences the stream holds now, and whether batched direct gets can read it.
+    pub(crate) async fn scan(&self, name: &str, filter: String, from: u64) -> Result<Scan, Error> {
+        let mut s = self.js.get_stream(name).await.map_err(|e| {
+            Error::new(ErrorKind::Read, format!("cannot open stream `{name}`")).with_source(e)
+        })?;
+        let info = s.info().await.map_err(|e| {
+            Error::new(ErrorKind::Read, format!("cannot read stream `{name}`")).with_source(e)
+        })?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        Ok(Scan {
+            batched: info.config.allow_direct && self.version >= BATCH_GET_MIN_SERVER_VERSION,
+            replicated: info.config.num_replicas > 1,
+            stream: s,
+            client: self.client.clone(),
+            name: name.to_owned(),
+            last,
+            timeout: self.timeout,
+            filter,
+            next: from.max(first).max(1),
+            buffer: VecDeque::new(),
+            inbox: None,
+            done: last == 0,
+        })
+    }
+}
+
+/// A scan of a stream's messages on one filter, up to the last sequence the stream held when
+/// it was opened: with nats-server 2.11 or newer (and `allow_direct`, which eventbus sets)
+/// batched direct gets fetch up to 512 messages per request; otherwise one get per message.
+pub(crate) struct Scan {
+    stream: jetstream::stream::Stream,
+    client: async_nats::Client,
+    name: String,
+    last: u64,
+    /// The server answers batched direct gets on this stream (2.11+, `allow_direct`).
+    batched: bool,
+    /// Replicas may answer direct gets, and one may lag behind the leader.
+    replicated: bool,
+    timeout: Duration,
+    filter: String,
+    /// The next sequence to look at.
+    next: u64,
+    /// Fetched, not yet returned.
+    buffer: VecDeque<Stored>,
+    /// Batched direct gets: the inbox their answers come to.
+    inbox: Option<(async_nats::Subject, async_nats::Subscriber)>,
+    /// Nothing more to fetch.
+    done: bool,
+}
+
+impl Scan {
+    /// The next message, `None` at the end.
+    pub(crate) async fn next(&mut self) -> Option<Result<Stored, Error>> {
+        loop {
+            if let Some(m) = self.buffer.pop_front() {
+                if m.sequence > self.last {
+                    return None;
+                }
+                return Some(Ok(m));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch().await {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn read_error(&self, what: String) -> Error {
+        Error::new(
+            ErrorKind::Read,
+            format!(
+                "cannot read the messages on `{}` in `{}`: {what}",
+                self.filter, self.name
+            ),
+        )
+    }
+
+    /// Fetches the next messages into the buffer, or marks the scan done.
+    async fn fetch(&mut self) -> Result<(), Error> {
+        if self.next > self.last {
+            self.done = true;
+            return Ok(());
+        }
+        if self.batched {
+            self.fetch_batch().await?;
+            if self.done && self.replicated {
+                // A replica answered and may lag behind the leader: the leader confirms the end.
+                self.done = false;
+                self.batched = false;
+                return self.fetch_one().await;
+            }
+            Ok(())
+        } else {
+            self.fetch_one().await
+        }
+    }
+
+    /// One message, from the stream's leader (`STREAM.MSG.GET`).
+    async fn fetch_one(&mut self) -> Result<(), Error> {
+        let got = self
+            .stream
+            .raw_message_builder()
+            .sequence(self.next)
+            .next_by_subject(self.filter.clone())
+            .send()
+            .await;
+        match got {
+            Ok(m) if m.sequence <= self.last => {
+                self.next = m.sequence + 1;
+                self.buffer.push_back(m.into());
+            }
+            Ok(_) => self.done = true,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => self.done = true,
+            Err(e) => {
+                return Err(self
+                    .read_error("the server refused a get".to_owned())
+                    .with_source(e))
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to [`BATCH`] messages with one batched direct get.
+    async fn fetch_batch(&mut self) -> Result<(), Error> {
+        if self.inbox.is_none() {
+            let inbox: async_nats::Subject = self.client.new_inbox().into();
+            let sub = self.client.subscribe(inbox.clone()).await.map_err(|e| {
+                self.read_error("cannot subscribe to an inbox".to_owned())
+                    .with_source(e)
+            })?;
+            self.inbox = Some((inbox, sub));
+        }
+        let request =
+            serde_json::json!({ "seq": self.next, "next_by_subj": self.filter, "batch": BATCH });
+        let subject = format!("$JS.API.DIRECT.GET.{}", self.name);
+        let (inbox, _) = self.inbox.as_ref().expect("subscribed");
+        self.client
+            .publish_with_reply(subject, inbox.clone(), Bytes::from(request.to_string()))
+            .await
+            .map_err(|e| {
+                self.read_error("cannot send a direct get".to_owned())
+                    .with_source(e)
+            })?;
+        let timeout = self.timeout;
+        loop {
+            let (_, sub) = self.inbox.as_mut().expect("subscribed");
+            let m = match tokio::time::timeout(timeout, sub.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(self.read_error("the connection was closed".to_owned())),
+                Err(_) => {
+                    // Answers of this request may still come: start over on a new inbox.
+                    self.inbox = None;
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "reading the messages on `{}` in `{}`: no answer within {timeout:?}",
+                            self.filter, self.name
+                        ),
+                    ));
+                }
+            };
+            match m.status.map(|s| s.as_u16()) {
+                None => {
+                    let mut m = jetstream::message::StreamMessage::try_from(m).map_err(|e| {
+                        self.read_error("a direct get answered a malformed message".to_owned())
+                            .with_source(e)
+                    })?;
+                    m.headers = strip_direct_get_headers(&m.headers);
+                    self.next = m.sequence + 1;
+                    self.buffer.push_back(m.into());
+                }
+                // End of the batch: `Nats-Num-Pending` more match after it.
+                Some(204) => {
+                    let pending = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Num-Pending"))
+                        .map(|v| v.as_str().trim().to_owned());
+                    if pending.as_deref() == Some("0") || self.next > self.last {
+                        self.done = true;
+                    }
+                    return Ok(());
+                }
+                Some(404) => {
+                    self.done = true;
+                    return Ok(());
+                }
+                Some(code) => {
+                    return Err(self.read_error(format!(
+                        "a direct get was answered with {code} {}",
+                        m.description.unwrap_or_default()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn strip_direct_get_headers(h: &HeaderMap) -> HeaderMap {
+    headers_without(h, |n| {
+        DIRECT_GET_HEADERS.iter().any(|d| d.eq_ignore_ascii_case(n))
+    })
+}

@@ -1,0 +1,105 @@
+//! Start-up: validate, connect, provision, start one worker per handler, and hand back the
+//! [`Bus`] that owns them.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::IntoConsumerConfig;
+use tokio::sync::watch;
+
+use super::{Builder, Bus, Inner, Running};
+use crate::backend::Backend;
+use crate::dispatch::{self, Worker};
+use crate::error::{chain, Error, ErrorKind};
+use crate::provision;
+use crate::publish::Publisher;
+
+impl Builder {
+    /// Validates the registry, connects, provisions streams and consumers, and starts the
+    /// handlers.
+    ///
+    /// The returned [`Bus`] owns the handlers' workers: dropping its last clone stops them as
+    /// [`Bus::shutdown`] does (in a task of its own), so keep it for as long as the service runs.
+    pub async fn start(mut self) -> Result<Bus, Error> {
+        let observer = self.observer.take();
+        let (config, service, topology) = self.resolve()?.plan()?;
+        let connected = Backend::connect(&config, &service).await?;
+        let backend = connected.backend;
+        let stream_names = provision::streams(&backend, &topology).await?;
+        let mut problems = Vec::new();
+        for c in topology.consumers.iter().filter(|c| c.durable) {
+            let stream = stream_names
+                .get(&c.stream)
+                .cloned()
+                .unwrap_or_else(|| c.stream.clone());
+            if let Err(e) = provision::consumer(&backend, &stream, c).await {
+                problems.push(chain(&e));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::new(ErrorKind::Provision, problems.join("\n")));
+        }
+        let publisher = Publisher::new(backend.clone(), service.clone(), &config);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut running = Running {
+            stop,
+            workers: Vec::new(),
+            ephemeral: Vec::new(),
+        };
+        for plan in &topology.consumers {
+            let stream_name = stream_names
+                .get(&plan.stream)
+                .cloned()
+                .unwrap_or_else(|| plan.stream.clone());
+            let name = if plan.durable {
+                plan.name.clone()
+            } else {
+                let name = format!(
+                    "{}-{}",
+                    plan.name,
+                    &uuid::Uuid::now_v7().simple().to_string()[20..]
+                );
+                let config = provision::consumer_config(plan, &name).into_consumer_config();
+                backend.put_consumer(&stream_name, config, false).await?;
+                running.ephemeral.push((stream_name.clone(), name.clone()));
+                name
+            };
+            let puller = backend
+                .puller(&stream_name, &name, connected.state.clone())
+                .await?;
+            let worker = Arc::new(Worker {
+                plan: plan.clone(),
+                stream: stream_name,
+                consumer_name: name,
+                publisher: publisher.clone(),
+                observer: observer.clone(),
+            });
+            running.workers.push(tokio::spawn(dispatch::run(
+                worker,
+                puller,
+                stop_rx.clone(),
+                config.shutdown_grace,
+            )));
+        }
+        tracing::info!(
+            target: "eventbus",
+            service = %service,
+            server = %connected.server,
+            handlers = topology.consumers.len(),
+            streams = topology.streams.len(),
+            "eventbus started"
+        );
+        Ok(Bus {
+            inner: Arc::new(Inner {
+                publisher,
+                service,
+                config,
+                topology,
+                state: connected.state,
+                gave_up: connected.gave_up,
+                _keep_alive: connected._keep_alive,
+                running: std::sync::Mutex::new(Some(running)),
+                shut_down: tokio::sync::Mutex::new(false),
+            }),
+        })
+    }
+}
