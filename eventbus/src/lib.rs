@@ -23,6 +23,7 @@ mod provision;
 mod publish;
 mod pull;
 mod read;
+mod rules;
 
 #[doc(hidden)]
 #[path = "private.rs"]
