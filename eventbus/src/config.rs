@@ -405,56 +405,27 @@ fn parse_bool(var: &str, v: &str) -> Result<bool, Error> {
 }
 
 fn parse_duration_var(var: &str, v: &str) -> Result<Duration, Error> {
-    parse_duration(v).ok_or_else(|| {
+    crate::rules::parse_duration(v.trim()).map_err(|why| {
         Error::new(
             ErrorKind::Config,
-            format!("{var}={v:?} is not a duration such as 500ms, 5s, 2m or 1h"),
+            format!("{var}={v:?} is not a duration: {why}"),
         )
     })
 }
 
-/// Parses `500ms`, `5s`, `2m`, `1h`, or a sum such as `1m30s`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60)?),
-            "h" => Duration::from_secs(n.checked_mul(3600)?),
-            _ => return None,
-        };
-        total = total.checked_add(d)?;
-    }
-    Some(total)
-}
-
 /// Whether a name is a valid service or consumer name: `[A-Za-z0-9_-]+`.
 pub(crate) fn is_valid_name(s: &str) -> bool {
-    crate::subject::is_name_token(s)
+    crate::rules::is_name_token(s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one duration grammar (`rules.rs`), as the environment's values go through it.
+    fn parse_duration(s: &str) -> Option<Duration> {
+        crate::rules::parse_duration(s.trim()).ok()
+    }
 
     #[test]
     fn durations() {
@@ -462,7 +433,9 @@ mod tests {
         assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        for bad in ["", "s", "5", "5x", "-1s", "1.5s"] {
+        assert_eq!(parse_duration(" 2m "), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in ["", "s", "5", "5x", "-1s", "1.5s", "30s1m", "1s1s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
@@ -501,6 +474,15 @@ mod tests {
                 .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         assert!(e.to_string().contains("EVENTBUS_CONNECT_TIMEOUT"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("EVENTBUS_CONNECT_TIMEOUT=\"soon\" is not a duration: "),
+            "{e}"
+        );
+        let e = Config::from_lookup(|k| (k == "EVENTBUS_SHUTDOWN_GRACE").then(|| "30s1m".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("EVENTBUS_SHUTDOWN_GRACE"), "{e}");
+        assert!(e.to_string().contains("from the largest"), "{e}");
         let e =
             Config::from_lookup(|k| (k == "EVENTBUS_USER").then(|| "u".to_owned())).unwrap_err();
         assert!(e.to_string().contains("EVENTBUS_PASSWORD"), "{e}");

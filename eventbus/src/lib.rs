@@ -17,6 +17,7 @@ mod provision;
 mod publish;
 mod read;
 mod registry;
+mod rules;
 mod subject;
 pub mod testing;
 mod topology;

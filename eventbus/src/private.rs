@@ -64,7 +64,7 @@ pub fn event_from_json<E: crate::event::DomainEvent>(
 /// match the events its parameter type decodes, or also matches subjects outside their
 /// pattern. The message names both.
 pub const fn check_handler_subject(handler: &str, filter: &str, event_type: &str, pattern: &str) {
-    if !crate::subject::filters_overlap(filter, pattern) {
+    if !crate::rules::filters_overlap(filter, pattern) {
         let mut m = ConstMessage::new();
         m.push("handler `");
         m.push(handler);
@@ -77,7 +77,7 @@ pub const fn check_handler_subject(handler: &str, filter: &str, event_type: &str
         m.push("`");
         panic!("{}", m.as_str());
     }
-    if !crate::subject::filter_covers(pattern, filter) {
+    if !crate::rules::filter_covers(pattern, filter) {
         let mut m = ConstMessage::new();
         m.push("handler `");
         m.push(handler);

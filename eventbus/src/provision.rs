@@ -13,7 +13,7 @@ use crate::config::{
     AckPolicy, DeliverPolicy, Discard, ReplayPolicy, Retention, Storage, StreamOptions,
 };
 use crate::error::{Error, ErrorKind};
-use crate::subject::{filter_covers, filters_overlap};
+use crate::rules::{filter_covers, filters_overlap};
 use crate::topology::{ConsumerPlan, StreamPlan, Topology};
 
 /// The streams in use: planned name → the name of the stream that holds those subjects on the

@@ -10,7 +10,7 @@ use crate::config::{AckPolicy, ConsumerOptions, DeliverPolicy, ReplayPolicy};
 use crate::error::{Error, ErrorKind};
 use crate::event::EventDescriptor;
 use crate::registry::HandlerRegistration;
-use crate::subject::{filter_covers, filter_problem, filters_overlap};
+use crate::rules::{filter_covers, filter_problem, filters_overlap};
 
 /// Default max deliveries of a consumer.
 pub(crate) const DEFAULT_MAX_DELIVER: i64 = 5;

@@ -85,13 +85,10 @@ fn no_import_cycle_between_the_modules_of_eventbus_src() {
         }
     }
     for k in 0..n {
-        for a in 0..n {
-            if reach[a][k] {
-                for b in 0..n {
-                    if reach[k][b] {
-                        reach[a][b] = true;
-                    }
-                }
+        let through = reach[k].clone();
+        for row in reach.iter_mut().filter(|row| row[k]) {
+            for (to, reached) in row.iter_mut().zip(&through) {
+                *to |= *reached;
             }
         }
     }

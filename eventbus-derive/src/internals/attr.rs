@@ -11,8 +11,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Expr, Lit, LitStr, Token};
 
 use super::ctxt::Ctxt;
-use super::duration;
-use super::subject;
+use super::rules;
 use super::symbol::*;
 
 /// A value given on an attribute, with the spans of its key and of its value.
@@ -243,8 +242,17 @@ fn lit_choice<T: Copy>(
 
 fn duration_lit(cx: &Ctxt, expr: &Expr, key: Symbol) -> Option<u64> {
     let s = lit_str(cx, expr, &format!("{key} = \"30s\""))?;
-    match duration::parse_millis(&s.value()) {
-        Ok(ms) => Some(ms),
+    let text = s.value();
+    match rules::parse_duration(&text) {
+        Ok(d) if d.is_zero() => {
+            cx.error_spanned_by(
+                &s,
+                format!("duration {text:?} is zero; it must be greater than zero"),
+            );
+            None
+        }
+        // `parse_duration` counts in `u64` milliseconds: this does not truncate.
+        Ok(d) => Some(d.as_millis() as u64),
         Err(why) => {
             cx.error_spanned_by(&s, why);
             None
@@ -348,7 +356,7 @@ impl Container {
 fn name_token(cx: &Ctxt, expr: &Expr, key: Symbol, what: &str) -> Option<(String, Span)> {
     let s = lit_str(cx, expr, &format!("{key} = \"...\""))?;
     let v = s.value();
-    match subject::name_problem(&v) {
+    match rules::name_problem(&v) {
         None => Some((v, s.span())),
         Some(why) => {
             cx.error_spanned_by(
@@ -555,7 +563,7 @@ impl Handler {
 
 fn subject_filter(cx: &Ctxt, expr: &Expr) -> Option<(LitStr, Span)> {
     let s = lit_str(cx, expr, "subject = \"order.*.created\"")?;
-    match subject::filter_problem(&s.value()) {
+    match rules::filter_problem(&s.value()) {
         None => Some((s.clone(), s.span())),
         Some(why) => {
             cx.error_spanned_by(
@@ -584,7 +592,7 @@ fn durable_value(cx: &Ctxt, expr: &Expr) -> Option<(Durable, Span)> {
         }
     };
     let v = s.value();
-    if subject::is_consumer_name(&v) {
+    if rules::is_name_token(&v) {
         Some((Durable::Name(v), s.span()))
     } else {
         cx.error_spanned_by(

@@ -1,14 +1,19 @@
 //! Analysis, kept apart from code generation: the parsed model ([`ast`]), attribute parsing
 //! ([`attr`]), checks across attributes ([`check`]), error collection ([`ctxt`]), attribute keys
-//! ([`symbol`]), and the syntax rules of subjects ([`subject`]) and durations ([`duration`]).
+//! ([`symbol`]), and the syntax rules of subjects and durations ([`rules`]).
 
 pub(crate) mod ast;
 pub(crate) mod attr;
 pub(crate) mod check;
 pub(crate) mod ctxt;
-pub(crate) mod duration;
-pub(crate) mod subject;
 pub(crate) mod symbol;
+
+// The syntax rules of subjects and durations, the very file the runtime compiles as
+// `eventbus::rules`, so that the macros and the runtime apply the same rules. It is included by
+// path because this crate cannot depend on `eventbus` (that crate depends on this one); the file
+// has no dependency and names no path of either crate.
+#[path = "../../../eventbus/src/rules.rs"]
+pub(crate) mod rules;
 
 pub(crate) use ctxt::Ctxt;
 

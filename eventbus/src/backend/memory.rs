@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::subject::{filter_covers, filters_overlap};
+use crate::rules::{filter_covers, filters_overlap};
 
 /// The largest message the in-process broker accepts (as nats-server's default).
 pub(crate) const MAX_PAYLOAD: usize = 1024 * 1024;
