@@ -214,10 +214,11 @@ async fn append_one(
 /// The event stored right after the expected last one on the aggregate's subjects, if it is
 /// the one with `sent.id` (a copy of an earlier attempt).
 async fn stored_copy(backend: &Backend, sent: &Sent<'_>) -> Option<Published> {
-    let m = backend
-        .next_by_subject(sent.stream, sent.filter, sent.expected_last + 1)
+    let mut scan = backend
+        .scan(sent.stream, sent.filter.to_owned(), sent.expected_last + 1)
         .await
-        .ok()??;
+        .ok()?;
+    let m = scan.next().await?.ok()?;
     let id = m.headers.get(headers::MSG_ID)?;
     (id.as_str() == sent.id).then(|| Published {
         stream: sent.stream.to_owned(),

@@ -144,22 +144,32 @@ pub struct StreamOptions {
     pub duplicate_window: Option<Duration>,
 }
 
-impl StreamOptions {
-    /// `self` with every option that `over` sets replaced by `over`'s.
-    pub fn overridden_by(&self, over: &StreamOptions) -> StreamOptions {
-        StreamOptions {
-            name: over.name.clone().or_else(|| self.name.clone()),
-            max_age: over.max_age.or(self.max_age),
-            max_bytes: over.max_bytes.or(self.max_bytes),
-            max_message_size: over.max_message_size.or(self.max_message_size),
-            retention: over.retention.or(self.retention),
-            discard: over.discard.or(self.discard),
-            storage: over.storage.or(self.storage),
-            replicas: over.replicas.or(self.replicas),
-            duplicate_window: over.duplicate_window.or(self.duplicate_window),
+/// `overridden_by` of an options struct whose fields are all `Option`s: `self` with every
+/// option that `over` sets replaced by `over`'s.
+macro_rules! overridden_by {
+    ($options:ident { $($field:ident),* $(,)? }) => {
+        impl $options {
+            /// `self` with every option that `over` sets replaced by `over`'s.
+            pub fn overridden_by(&self, over: &$options) -> $options {
+                $options {
+                    $($field: over.$field.clone().or_else(|| self.$field.clone()),)*
+                }
+            }
         }
-    }
+    };
 }
+
+overridden_by!(StreamOptions {
+    name,
+    max_age,
+    max_bytes,
+    max_message_size,
+    retention,
+    discard,
+    storage,
+    replicas,
+    duplicate_window,
+});
 
 /// Which events a new consumer starts from. Ignored for a consumer that already exists on the
 /// server (its position is kept).
@@ -254,26 +264,20 @@ impl ConsumerOptions {
         concurrency: None,
         ordered: None,
     };
-
-    /// `self` with every option that `over` sets replaced by `over`'s.
-    pub fn overridden_by(&self, over: &ConsumerOptions) -> ConsumerOptions {
-        ConsumerOptions {
-            durable_name: over
-                .durable_name
-                .clone()
-                .or_else(|| self.durable_name.clone()),
-            durable: over.durable.or(self.durable),
-            deliver: over.deliver.clone().or_else(|| self.deliver.clone()),
-            ack: over.ack.or(self.ack),
-            replay: over.replay.or(self.replay),
-            max_deliver: over.max_deliver.or(self.max_deliver),
-            ack_wait: over.ack_wait.or(self.ack_wait),
-            backoff: over.backoff.clone().or_else(|| self.backoff.clone()),
-            concurrency: over.concurrency.or(self.concurrency),
-            ordered: over.ordered.or(self.ordered),
-        }
-    }
 }
+
+overridden_by!(ConsumerOptions {
+    durable_name,
+    durable,
+    deliver,
+    ack,
+    replay,
+    max_deliver,
+    ack_wait,
+    backoff,
+    concurrency,
+    ordered,
+});
 
 /// The whole configuration of a bus.
 #[derive(Debug, Clone, PartialEq, Eq)]

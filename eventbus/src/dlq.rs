@@ -193,7 +193,7 @@ fn dead_letter(m: Stored) -> DeadLetter {
 pub(crate) async fn republish(publisher: &Publisher, sequence: u64) -> Result<Published, Error> {
     let name = stream_name(publisher).await?.ok_or_else(|| {
         Error::new(
-            ErrorKind::Read,
+            ErrorKind::NotFound,
             format!(
                 "no dead letter with sequence {sequence}: there is no dead-letter stream (`dlq.>`)"
             ),
@@ -205,7 +205,7 @@ pub(crate) async fn republish(publisher: &Publisher, sequence: u64) -> Result<Pu
         .await
         .map_err(|e| {
             Error::new(
-                ErrorKind::Read,
+                ErrorKind::NotFound,
                 format!("no dead letter with sequence {sequence} in `{name}`"),
             )
             .with_source(e)
@@ -213,7 +213,7 @@ pub(crate) async fn republish(publisher: &Publisher, sequence: u64) -> Result<Pu
     let subject = header(&m.headers, dlq_headers::ORIGINAL_SUBJECT);
     if subject.is_empty() {
         return Err(Error::new(
-            ErrorKind::Read,
+            ErrorKind::NotFound,
             format!(
                 "message {sequence} of `{name}` is not a dead letter: it has no `{}` header",
                 dlq_headers::ORIGINAL_SUBJECT
@@ -242,7 +242,7 @@ pub(crate) async fn republish(publisher: &Publisher, sequence: u64) -> Result<Pu
     let published = publisher.publish_raw(&subject, h, m.payload).await?;
     publisher.backend().delete_message(&name, sequence).await.map_err(|e| {
             Error::new(
-                ErrorKind::JetStream,
+                ErrorKind::Refused,
                 format!("dead letter {sequence} was published again to `{subject}`, but cannot be removed from `{name}`"),
             )
             .with_source(e)

@@ -7,7 +7,11 @@ use std::fmt;
 /// A boxed cause.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
-/// What went wrong, to branch on. New kinds may be added.
+/// What failed, to branch on. New kinds may be added.
+///
+/// A kind names the thing at fault, not the operation that met it: a missing stream is
+/// [`ErrorKind::NotFound`] whether a publish, a read or a dead-letter republish found it
+/// missing. The message says which operation and which thing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -15,7 +19,7 @@ pub enum ErrorKind {
     InvalidAggregateId,
     /// A malformed subject or subject filter.
     InvalidSubject,
-    /// An event could not be serialized.
+    /// An event could not be serialized, or a header value cannot be sent.
     Encode,
     /// A message could not be decoded into an event.
     Decode,
@@ -25,24 +29,31 @@ pub enum ErrorKind {
     Config,
     /// The registered handlers and events contradict each other (all problems are listed).
     Registry,
-    /// Connecting to the server failed, or the connection was lost for good.
+    /// No connection: connecting failed, the connection was lost for good, or there is no bus
+    /// to send with.
     Connect,
-    /// A stream or consumer could not be created or updated as configured.
-    Provision,
-    /// A publish was not stored by the server.
-    Publish,
+    /// What the server holds cannot be made to match the configuration: a stream or consumer
+    /// setting that cannot change, subjects owned by another stream, or a stream or consumer
+    /// that the server refused to create or update.
+    Incompatible,
+    /// A stream, consumer, message or dead letter that does not exist; a subject that no
+    /// stream stores.
+    NotFound,
+    /// An event larger than the server's max payload or its stream's max message size.
+    TooLarge,
+    /// The server refused a request for another reason (its answer is the source).
+    Refused,
     /// An append found the aggregate at another version than the expected one.
     Conflict,
     /// The server is too old for a feature that was asked for.
     ServerVersion,
-    /// A request to the server timed out.
+    /// The server did not answer in time: what was asked may or may not have been done (a
+    /// publish may be stored: send it again with the same id).
     Timeout,
-    /// A JetStream API call failed.
-    JetStream,
-    /// The bus was shut down, or shutting down failed.
+    /// A publish was not sent (`publish_all` stopped sending): the event is not stored.
+    NotSent,
+    /// Shutting down failed.
     Shutdown,
-    /// A read of an aggregate's events failed.
-    Read,
 }
 
 impl fmt::Display for ErrorKind {
@@ -56,14 +67,15 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Config => "configuration error",
             ErrorKind::Registry => "registry error",
             ErrorKind::Connect => "connection error",
-            ErrorKind::Provision => "provisioning error",
-            ErrorKind::Publish => "publish error",
+            ErrorKind::Incompatible => "incompatible with the server",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::TooLarge => "too large",
+            ErrorKind::Refused => "refused by the server",
             ErrorKind::Conflict => "version conflict",
             ErrorKind::ServerVersion => "server version too old",
             ErrorKind::Timeout => "timed out",
-            ErrorKind::JetStream => "jetstream error",
+            ErrorKind::NotSent => "not sent",
             ErrorKind::Shutdown => "shutdown",
-            ErrorKind::Read => "read error",
         };
         f.write_str(s)
     }

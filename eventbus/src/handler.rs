@@ -163,7 +163,7 @@ impl EventContext {
     pub async fn publish<E: EventSet>(&self, event: &E) -> Result<Published, Error> {
         let publisher = self.publisher.as_ref().ok_or_else(|| {
             Error::new(
-                ErrorKind::Publish,
+                ErrorKind::Connect,
                 "this event context has no bus to publish with",
             )
         })?;

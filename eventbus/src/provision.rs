@@ -119,7 +119,7 @@ pub(crate) async fn streams(backend: &Backend, topology: &Topology) -> Result<St
             ));
             continue;
         }
-        match backend.create_stream(new_stream_config(plan)).await {
+        match backend.put_stream(new_stream_config(plan), false).await {
             Ok(_) => {
                 tracing::info!(target: "eventbus::provision", stream = %plan.name, subjects = %want, "created stream");
                 names.insert(plan.name.clone(), plan.name.clone());
@@ -135,7 +135,7 @@ pub(crate) async fn streams(backend: &Backend, topology: &Topology) -> Result<St
         Ok(names)
     } else {
         Err(Error::new(
-            ErrorKind::Provision,
+            ErrorKind::Incompatible,
             join_problems("stream", &problems),
         ))
     }
@@ -189,7 +189,7 @@ async fn reconcile(
         return Ok(());
     }
     backend
-        .update_stream(want)
+        .put_stream(want, true)
         .await
         .map(|_| tracing::info!(target: "eventbus::provision", stream = %plan.name, "updated stream settings"))
         .map_err(|e| format!("cannot update stream `{}`: {}", plan.name, crate::error::chain(&e)))
@@ -287,7 +287,7 @@ pub(crate) async fn consumer(
     }
     if !fixed.is_empty() {
         return Err(Error::new(
-            ErrorKind::Provision,
+            ErrorKind::Incompatible,
             format!(
                 "consumer `{}` of handler `{}` on stream `{stream_name}`: {}; these cannot change on an existing consumer: configure what the server has, give the handler a new durable name (`durable = \"...\"`, it then starts from its deliver policy), or delete the consumer (`nats consumer rm {stream_name} {}`) so it is created anew",
                 plan.name,

@@ -242,11 +242,11 @@ pub(crate) fn publish_error(
     let kind = e.kind();
     let (k, msg) = match kind {
         PublishErrorKind::StreamNotFound => (
-            ErrorKind::Publish,
+            ErrorKind::NotFound,
             format!("no stream stores subject `{subject}`"),
         ),
         PublishErrorKind::MaxPayloadExceeded => (
-            ErrorKind::Publish,
+            ErrorKind::TooLarge,
             format!("event on `{subject}` is larger than the server's max payload"),
         ),
         PublishErrorKind::TimedOut => (
@@ -263,11 +263,15 @@ pub(crate) fn publish_error(
         ) =>
         {
             (
-                ErrorKind::Publish,
+                ErrorKind::TooLarge,
                 format!("event on `{subject}` is larger than its stream's max message size"),
             )
         }
-        _ => (ErrorKind::Publish, format!("publish on `{subject}` failed")),
+        PublishErrorKind::BrokenPipe => (
+            ErrorKind::Connect,
+            format!("publish on `{subject}` lost its connection before the acknowledgement; it may be stored"),
+        ),
+        _ => (ErrorKind::Refused, format!("publish on `{subject}` failed")),
     };
     Error::new(k, msg).with_source(e)
 }
@@ -524,7 +528,7 @@ fn not_sent<E: EventSet>(event: &E, why: &str) -> Error {
         .map(|s| s.into_string())
         .unwrap_or_default();
     Error::new(
-        ErrorKind::Publish,
+        ErrorKind::NotSent,
         format!("event on `{subject}` was not sent, so it is not stored: publish_all stopped sending because {why}"),
     )
 }

@@ -81,7 +81,7 @@ pub(crate) async fn stream_of(
     let probe = format!("{aggregate}.{id}.x");
     backend.stream_by_subject(&probe).await?.ok_or_else(|| {
         Error::new(
-            ErrorKind::Read,
+            ErrorKind::NotFound,
             format!("no stream stores the events of aggregate `{aggregate}`"),
         )
     })

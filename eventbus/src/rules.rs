@@ -234,7 +234,22 @@ const fn tokens_equal(a: &[u8], a0: usize, a1: usize, b: &[u8], b0: usize, b1: u
 /// matches a subject.
 #[allow(dead_code)] // used by the runtime and the generated code; the derive crate compiles it too
 pub(crate) const fn filters_overlap(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+    compare(a.as_bytes(), b.as_bytes(), false)
+}
+
+/// Whether every subject that `inner` matches is also matched by `outer` (`outer` covers
+/// `inner`), as a stream's subjects must cover a consumer's filter.
+#[allow(dead_code)] // used by the runtime and the generated code; the derive crate compiles it too
+pub(crate) const fn filter_covers(outer: &str, inner: &str) -> bool {
+    compare(outer.as_bytes(), inner.as_bytes(), true)
+}
+
+/// Walks two filters token by token: whether `a` covers `b` (`cover`), or whether they
+/// overlap. A `>` of `a` matches the rest of `b`; a `>` of `b` matches the rest of `a` only
+/// for an overlap (`a` then does not cover all of it). A `*` of `a` matches any token; a `*`
+/// of `b` matches any token of `a` only for an overlap.
+#[allow(dead_code)] // used by the runtime and the generated code; the derive crate compiles it too
+const fn compare(a: &[u8], b: &[u8], cover: bool) -> bool {
     let (mut pa, mut pb) = (0, 0);
     loop {
         let a_done = pa > a.len();
@@ -244,47 +259,24 @@ pub(crate) const fn filters_overlap(a: &str, b: &str) -> bool {
         }
         let ea = token_end(a, pa);
         let eb = token_end(b, pb);
-        if token_is(a, pa, ea, b'>') || token_is(b, pb, eb, b'>') {
+        if token_is(a, pa, ea, b'>') {
             return true;
         }
-        if !(token_is(a, pa, ea, b'*')
-            || token_is(b, pb, eb, b'*')
-            || tokens_equal(a, pa, ea, b, pb, eb))
-        {
+        if token_is(b, pb, eb, b'>') {
+            return !cover;
+        }
+        let a_star = token_is(a, pa, ea, b'*');
+        let b_star = token_is(b, pb, eb, b'*');
+        let matched = if cover {
+            a_star || (!b_star && tokens_equal(a, pa, ea, b, pb, eb))
+        } else {
+            a_star || b_star || tokens_equal(a, pa, ea, b, pb, eb)
+        };
+        if !matched {
             return false;
         }
         pa = ea + 1;
         pb = eb + 1;
-    }
-}
-
-/// Whether every subject that `inner` matches is also matched by `outer` (`outer` covers
-/// `inner`), as a stream's subjects must cover a consumer's filter.
-#[allow(dead_code)] // used by the runtime and the generated code; the derive crate compiles it too
-pub(crate) const fn filter_covers(outer: &str, inner: &str) -> bool {
-    let (o, n) = (outer.as_bytes(), inner.as_bytes());
-    let (mut po, mut pn) = (0, 0);
-    loop {
-        let o_done = po > o.len();
-        let n_done = pn > n.len();
-        if o_done || n_done {
-            return o_done && n_done;
-        }
-        let eo = token_end(o, po);
-        let en = token_end(n, pn);
-        if token_is(o, po, eo, b'>') {
-            return true;
-        }
-        if token_is(n, pn, en, b'>') {
-            return false;
-        }
-        if !(token_is(o, po, eo, b'*')
-            || (!token_is(n, pn, en, b'*') && tokens_equal(o, po, eo, n, pn, en)))
-        {
-            return false;
-        }
-        po = eo + 1;
-        pn = en + 1;
     }
 }
 

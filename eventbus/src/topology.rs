@@ -169,14 +169,13 @@ impl Topology {
         let mut aggregates: BTreeSet<&str> = events.iter().map(|e| e.aggregate).collect();
         aggregates.extend(handlers.iter().map(|h| h.aggregate));
 
-        for a in config.streams.keys() {
-            if !aggregates.contains(a.as_str()) {
-                problems.push(format!(
-                    "stream options are given for aggregate `{a}`, but no registered event or handler has that aggregate (known: {})",
-                    list(aggregates.iter())
-                ));
-            }
-        }
+        unknown_names(
+            config.streams.keys(),
+            &aggregates,
+            "stream options are given for aggregate",
+            "no registered event or handler has that aggregate (known",
+            &mut problems,
+        );
 
         let mut streams = Vec::new();
         let mut by_name: BTreeMap<String, &str> = BTreeMap::new();
@@ -228,14 +227,13 @@ impl Topology {
         }
 
         let known: BTreeSet<&str> = handlers.iter().map(|h| h.name).collect();
-        for h in config.handlers.keys() {
-            if !known.contains(h.as_str()) {
-                problems.push(format!(
-                    "consumer options are given for handler `{h}`, but no handler has that name (handlers: {})",
-                    list(known.iter())
-                ));
-            }
-        }
+        unknown_names(
+            config.handlers.keys(),
+            &known,
+            "consumer options are given for handler",
+            "no handler has that name (handlers",
+            &mut problems,
+        );
 
         let mut consumers = Vec::new();
         let mut durables: BTreeMap<String, &HandlerRegistration> = BTreeMap::new();
@@ -383,6 +381,23 @@ impl Topology {
             }
             Err(Error::new(ErrorKind::Registry, msg))
         }
+    }
+}
+
+/// A problem for each name the configuration gives options for that nothing has, e.g.
+/// "stream options are given for aggregate `x`, but no ... (known: a, b)".
+fn unknown_names<'a>(
+    given: impl Iterator<Item = &'a String>,
+    known: &BTreeSet<&str>,
+    what: &str,
+    why: &str,
+    problems: &mut Vec<String>,
+) {
+    for name in given.filter(|n| !known.contains(n.as_str())) {
+        problems.push(format!(
+            "{what} `{name}`, but {why}: {})",
+            list(known.iter())
+        ));
     }
 }
 

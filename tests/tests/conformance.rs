@@ -1845,7 +1845,7 @@ async fn scenario_publish_headers(url: &str) {
         .publish_raw("cf_nowhere.1.x", HeaderMap::new(), body)
         .await
         .expect_err("no stream stores it");
-    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     bus.shutdown().await.unwrap();
 }
 
@@ -1962,7 +1962,7 @@ async fn scenario_ack_none(url: &str) {
     // stream at all.
     match bus.dead_letters(None).await {
         Ok(all) => assert!(all.is_empty(), "{all:?}"),
-        Err(e) => assert_eq!(e.kind(), ErrorKind::Read, "{e:?}"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e:?}"),
     }
     bus.shutdown().await.unwrap();
 }

@@ -198,7 +198,7 @@ async fn dead_letters_are_listed_and_handled_once_republished() {
         .republish_dead_letter(c2.sequence)
         .await
         .expect_err("no longer there");
-    assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
 
     // All the others.
     MAIL_FIXED.store(true, Ordering::SeqCst);
@@ -265,18 +265,18 @@ async fn a_dead_letter_that_cannot_be_republished_stays() {
         .republish_dead_letter(lost)
         .await
         .expect_err("no stream");
-    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     assert!(err.to_string().contains("nowhere.x.happened"), "{err}");
     let err = bus
         .republish_dead_letter(stray)
         .await
         .expect_err("not a dead letter");
-    assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     let err = bus
         .republish_dead_letter(9999)
         .await
         .expect_err("no such message");
-    assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
 
     let listed = bus.dead_letters(Some("svc-lost")).await.unwrap();
     assert_eq!(listed.len(), 2, "both are still there");
@@ -291,7 +291,7 @@ async fn a_dead_letter_that_cannot_be_republished_stays() {
         .republish_dead_letters(Some("svc-lost"))
         .await
         .expect_err("stops at the first failure");
-    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     bus.shutdown().await.unwrap();
 }
 
@@ -320,7 +320,7 @@ async fn without_a_dead_letter_stream_there_are_no_dead_letters() {
             .is_empty());
         assert!(bus.republish_dead_letters(None).await.unwrap().is_empty());
         let err = bus.republish_dead_letter(1).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Read);
+        assert_eq!(err.kind(), ErrorKind::NotFound);
         assert!(err.to_string().contains("no dead-letter stream"), "{err}");
         bus.shutdown().await.unwrap();
     }

@@ -294,7 +294,7 @@ async fn a_stream_that_partly_overlaps_the_subjects_is_refused_with_the_fix() {
         .start()
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Provision, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
     assert_mentions(
         &e.to_string(),
         &[
@@ -376,7 +376,7 @@ async fn a_changed_stream_limit_is_updated_and_a_changed_storage_is_refused() {
         .start()
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Provision, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
     assert_mentions(
         &e.to_string(),
         &[
@@ -446,7 +446,7 @@ async fn a_changed_consumer_option_is_updated_and_a_changed_deliver_policy_is_re
         .start()
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Provision, "{e}");
+    assert_eq!(e.kind(), ErrorKind::Incompatible, "{e}");
     assert_mentions(
         &e.to_string(),
         &[

@@ -261,7 +261,7 @@ async fn a_subject_no_stream_covers_is_an_error() {
         .publish(&GoneCreated { id: "g-1".into() })
         .await
         .expect_err("no stream stores pub_gone.g-1.created");
-    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     assert!(
         err.to_string().contains("pub_gone.g-1.created"),
         "the error names the subject: {err}"
@@ -284,7 +284,7 @@ async fn a_subject_no_stream_covers_is_an_error() {
     assert_eq!(results.len(), 2);
     for r in results {
         let err = r.expect_err("no stream");
-        assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     }
     bus.shutdown().await.unwrap();
 }
@@ -344,7 +344,7 @@ async fn an_oversize_event_is_an_error_and_the_connection_lives_on() {
         note: "x".repeat(8192),
     };
     let err = bus.publish(&far_above).await.expect_err("8 KiB body");
-    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err:?}");
     assert!(
         err.to_string().contains("max payload") && err.to_string().contains("pub_big.b-1.noted"),
         "{err}"
@@ -369,14 +369,14 @@ async fn an_oversize_event_is_an_error_and_the_connection_lives_on() {
         .publish(&just_under)
         .await
         .expect_err("body and headers > 4 KiB");
-    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err:?}");
 
     let results = bus
         .publish_all(&[far_above.clone(), just_under.clone()])
         .await;
     assert!(results
         .iter()
-        .all(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Publish)));
+        .all(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::TooLarge)));
 
     // The connection is still there, and nothing of the refused events was stored.
     let small = bus
@@ -397,7 +397,7 @@ async fn an_oversize_event_is_an_error_and_the_connection_lives_on() {
         })
         .await
         .expect_err("over the stream's max message size");
-    assert_eq!(err.kind(), ErrorKind::Publish, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err:?}");
     assert!(
         err.to_string().contains("max message size"),
         "the error says which limit: {err}"
@@ -641,7 +641,7 @@ async fn publish_all_stops_on_a_silent_server_and_says_which_events_were_not_sen
     for (event, r) in events.iter().zip(&results) {
         match r {
             Err(e) if e.kind() == ErrorKind::Timeout => timed_out.push(event.n),
-            Err(e) if e.kind() == ErrorKind::Publish => {
+            Err(e) if e.kind() == ErrorKind::NotSent => {
                 let text = e.to_string();
                 assert!(text.contains("was not sent"), "{text}");
                 // Why: an event out of attempts, or nothing acknowledged for attempts × timeout.

@@ -338,7 +338,7 @@ async fn reading_nothing_an_invalid_id_or_a_missing_stream() {
         .collect()
         .await
         .expect_err("no stream");
-    assert_eq!(err.kind(), ErrorKind::Read, "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     assert!(err.to_string().contains("rd_gone"), "{err}");
 
     // A stream ends after its error.

@@ -166,23 +166,22 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn create_stream(&self, config: stream::Config) -> Result<(), Error> {
-        let ctx = format!("cannot create stream `{}`", config.name);
+    /// Creates a stream, or updates it (`update`).
+    pub(crate) async fn put_stream(
+        &self,
+        config: stream::Config,
+        update: bool,
+    ) -> Result<(), Error> {
+        let what = if update { "update" } else { "create" };
+        let ctx = format!("cannot {what} stream `{}`", config.name);
         match self {
-            Backend::Nats(n) => n.create_stream(config, ctx).await,
-            Backend::Memory(b) => b
-                .create_stream(config)
-                .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e)),
-        }
-    }
-
-    pub(crate) async fn update_stream(&self, config: stream::Config) -> Result<(), Error> {
-        let ctx = format!("cannot update stream `{}`", config.name);
-        match self {
-            Backend::Nats(n) => n.update_stream(config, ctx).await,
-            Backend::Memory(b) => b
-                .update_stream(config)
-                .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e)),
+            Backend::Nats(n) => n.put_stream(config, update, ctx).await,
+            Backend::Memory(b) => if update {
+                b.update_stream(config)
+            } else {
+                b.create_stream(config)
+            }
+            .map_err(|e| Error::new(ErrorKind::Incompatible, ctx).with_source(e)),
         }
     }
 
@@ -219,7 +218,7 @@ impl Backend {
             Backend::Memory(b) => b
                 .put_consumer(stream, config)
                 .map(|_| ())
-                .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e)),
+                .map_err(|e| Error::new(ErrorKind::Incompatible, ctx).with_source(e)),
         }
     }
 
@@ -246,7 +245,7 @@ impl Backend {
             Backend::Memory(b) => {
                 if b.consumer_config(stream, name).is_none() {
                     return Err(Error::new(
-                        ErrorKind::Provision,
+                        ErrorKind::NotFound,
                         format!("no consumer `{name}` on stream `{stream}`"),
                     ));
                 }
@@ -286,25 +285,15 @@ impl Backend {
         }
     }
 
-    /// The first message at or after `seq` on `filter`.
-    pub(crate) async fn next_by_subject(
-        &self,
-        stream: &str,
-        filter: &str,
-        seq: u64,
-    ) -> Result<Option<Stored>, Error> {
-        match self {
-            Backend::Nats(n) => n.next_by_subject(stream, filter, seq).await,
-            Backend::Memory(b) => Ok(b.next_by_subject(stream, filter, seq)),
-        }
-    }
-
     /// The message with sequence `seq`.
     pub(crate) async fn get(&self, stream: &str, seq: u64) -> Result<Stored, Error> {
         match self {
             Backend::Nats(n) => n.get(stream, seq).await,
             Backend::Memory(b) => b.get(stream, seq).ok_or_else(|| {
-                Error::new(ErrorKind::Read, format!("no message {seq} in `{stream}`"))
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("no message {seq} in `{stream}`"),
+                )
             }),
         }
     }
@@ -319,7 +308,7 @@ impl Backend {
             Backend::Nats(n) => n.last_and_count(stream, filter).await,
             Backend::Memory(b) => b
                 .last_and_count(stream, filter)
-                .ok_or_else(|| Error::new(ErrorKind::JetStream, format!("no stream `{stream}`"))),
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no stream `{stream}`"))),
         }
     }
 
@@ -332,7 +321,7 @@ impl Backend {
                     Ok(())
                 } else {
                     Err(Error::new(
-                        ErrorKind::JetStream,
+                        ErrorKind::NotFound,
                         format!("cannot remove message {seq} from `{stream}`"),
                     ))
                 }
@@ -348,7 +337,7 @@ impl Backend {
             Backend::Memory(b) => {
                 let (first, last) = b.stream_range(name).ok_or_else(|| {
                     Error::new(
-                        ErrorKind::Read,
+                        ErrorKind::NotFound,
                         format!("cannot open stream `{name}`: it does not exist"),
                     )
                 })?;
@@ -441,7 +430,7 @@ impl Puller {
                     None => {
                         *credits = 0;
                         Pulled::Failed(Error::new(
-                            ErrorKind::Provision,
+                            ErrorKind::NotFound,
                             format!("consumer `{consumer}` on stream `{stream}` is gone"),
                         ))
                     }
@@ -492,7 +481,7 @@ impl Incoming {
         match self {
             Incoming::Nats(m) => {
                 let i = m.info().map_err(|e| {
-                    Error::new(ErrorKind::JetStream, "message without JetStream metadata")
+                    Error::new(ErrorKind::Decode, "message without JetStream metadata")
                         .with_source(e)
                 })?;
                 Ok(IncomingInfo {
@@ -515,7 +504,7 @@ impl Incoming {
             Incoming::Nats(m) => m
                 .ack_with(how)
                 .await
-                .map_err(|e| Error::new(ErrorKind::JetStream, "cannot acknowledge").with_source(e)),
+                .map_err(|e| Error::new(ErrorKind::Connect, "cannot acknowledge").with_source(e)),
             Incoming::Memory(b, d) => {
                 let s = match how {
                     AckKind::Ack | AckKind::Next => Settle::Ack,

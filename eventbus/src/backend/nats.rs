@@ -69,15 +69,11 @@ impl Nats {
         }
     }
 
-    async fn stream(
-        &self,
-        name: &str,
-        kind: ErrorKind,
-    ) -> Result<jetstream::stream::Stream<()>, Error> {
-        self.js
-            .get_stream_no_info(name)
-            .await
-            .map_err(|e| Error::new(kind, format!("cannot open stream `{name}`")).with_source(e))
+    /// A stream by name (without asking for its info).
+    async fn stream(&self, name: &str) -> Result<jetstream::stream::Stream<()>, Error> {
+        self.js.get_stream_no_info(name).await.map_err(|e| {
+            Error::new(ErrorKind::NotFound, format!("cannot open stream `{name}`")).with_source(e)
+        })
     }
 
     /// Flushes what is still to be sent (within `flush_timeout`) and drains the connection.
@@ -110,33 +106,32 @@ impl Nats {
             .into_iter()
             .collect::<Result<_, _>>()
             .map_err(|e| {
-                Error::new(ErrorKind::Provision, "cannot list the server's streams").with_source(e)
+                Error::new(ErrorKind::Refused, "cannot list the server's streams").with_source(e)
             })?;
         Ok(infos.into_iter().map(|i| i.config).collect())
     }
 
-    pub(crate) async fn create_stream(
+    /// Creates a stream, or updates it (`update`).
+    pub(crate) async fn put_stream(
         &self,
         config: stream::Config,
+        update: bool,
         ctx: String,
     ) -> Result<(), Error> {
-        self.js
-            .create_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e))
-    }
-
-    pub(crate) async fn update_stream(
-        &self,
-        config: stream::Config,
-        ctx: String,
-    ) -> Result<(), Error> {
-        self.js
-            .update_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e))
+        let result: Result<(), crate::error::BoxError> = if update {
+            self.js
+                .update_stream(config)
+                .await
+                .map(|_| ())
+                .map_err(Into::into)
+        } else {
+            self.js
+                .create_stream(config)
+                .await
+                .map(|_| ())
+                .map_err(Into::into)
+        };
+        result.map_err(|e| Error::new(ErrorKind::Incompatible, ctx).with_source(e))
     }
 
     pub(crate) async fn consumer_config(
@@ -144,13 +139,7 @@ impl Nats {
         stream: &str,
         name: &str,
     ) -> Result<Option<consumer::Config>, Error> {
-        let s = self.js.get_stream_no_info(stream).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Provision,
-                format!("cannot find stream `{stream}`"),
-            )
-            .with_source(e)
-        })?;
+        let s = self.stream(stream).await?;
         match s.consumer_info(name).await {
             Ok(info) => Ok(Some(info.config)),
             Err(e) => match e.kind() {
@@ -161,7 +150,7 @@ impl Nats {
                     Ok(None)
                 }
                 _ => Err(Error::new(
-                    ErrorKind::Provision,
+                    ErrorKind::Refused,
                     format!("cannot look up consumer `{name}` on `{stream}`"),
                 )
                 .with_source(e)),
@@ -176,13 +165,7 @@ impl Nats {
         update: bool,
         ctx: String,
     ) -> Result<(), Error> {
-        let s = self.js.get_stream_no_info(stream).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Provision,
-                format!("cannot find stream `{stream}`"),
-            )
-            .with_source(e)
-        })?;
+        let s = self.stream(stream).await?;
         let result: Result<(), crate::error::BoxError> = if update {
             s.update_consumer(config)
                 .await
@@ -194,7 +177,7 @@ impl Nats {
                 .map(|_| ())
                 .map_err(Into::into)
         };
-        result.map_err(|e| Error::new(ErrorKind::Provision, ctx).with_source(e))
+        result.map_err(|e| Error::new(ErrorKind::Incompatible, ctx).with_source(e))
     }
 
     pub(crate) async fn delete_consumer(&self, stream: &str, name: &str) -> Result<(), Error> {
@@ -204,7 +187,7 @@ impl Nats {
             .map(|_| ())
             .map_err(|e| {
                 Error::new(
-                    ErrorKind::JetStream,
+                    ErrorKind::Refused,
                     format!("cannot remove consumer `{name}`"),
                 )
                 .with_source(e)
@@ -218,32 +201,8 @@ impl Nats {
                 Ok(None)
             }
             Err(e) => Err(Error::new(
-                ErrorKind::Read,
+                ErrorKind::Refused,
                 format!("cannot look up the stream that stores subject `{subject}`"),
-            )
-            .with_source(e)),
-        }
-    }
-
-    pub(crate) async fn next_by_subject(
-        &self,
-        stream: &str,
-        filter: &str,
-        seq: u64,
-    ) -> Result<Option<Stored>, Error> {
-        let s = self.stream(stream, ErrorKind::Read).await?;
-        match s
-            .raw_message_builder()
-            .sequence(seq)
-            .next_by_subject(filter.to_owned())
-            .send()
-            .await
-        {
-            Ok(m) => Ok(Some(m.into())),
-            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(Error::new(
-                ErrorKind::Read,
-                format!("cannot read the messages on `{filter}`"),
             )
             .with_source(e)),
         }
@@ -251,15 +210,12 @@ impl Nats {
 
     pub(crate) async fn get(&self, stream: &str, seq: u64) -> Result<Stored, Error> {
         let ctx = || format!("no message {seq} in `{stream}`");
-        let s = self
-            .js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))?;
-        s.get_raw_message(seq)
+        self.stream(stream)
+            .await?
+            .get_raw_message(seq)
             .await
             .map(Into::into)
-            .map_err(|e| Error::new(ErrorKind::Read, ctx()).with_source(e))
+            .map_err(|e| Error::new(ErrorKind::NotFound, ctx()).with_source(e))
     }
 
     pub(crate) async fn last_and_count(
@@ -267,13 +223,13 @@ impl Nats {
         stream: &str,
         filter: &str,
     ) -> Result<(u64, u64), Error> {
-        let s = self.stream(stream, ErrorKind::JetStream).await?;
+        let s = self.stream(stream).await?;
         let last = match s.get_last_raw_message_by_subject(filter).await {
             Ok(m) => m.sequence,
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
             Err(e) => {
                 return Err(Error::new(
-                    ErrorKind::JetStream,
+                    ErrorKind::Refused,
                     format!("cannot find the last message on `{filter}`"),
                 )
                 .with_source(e))
@@ -288,14 +244,14 @@ impl Nats {
             .await
             .map_err(|e| {
                 Error::new(
-                    ErrorKind::JetStream,
+                    ErrorKind::Refused,
                     format!("cannot count the messages on `{filter}`"),
                 )
                 .with_source(e)
             })?;
         if let Some(err) = info.get("error") {
             return Err(Error::new(
-                ErrorKind::JetStream,
+                ErrorKind::Refused,
                 format!("cannot count the messages on `{filter}`: {err}"),
             ));
         }
@@ -309,26 +265,22 @@ impl Nats {
 
     pub(crate) async fn delete_message(&self, stream: &str, seq: u64) -> Result<(), Error> {
         let ctx = || format!("cannot remove message {seq} from `{stream}`");
-        let s = self
-            .js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))?;
-        s.delete_message(seq)
+        self.stream(stream)
+            .await?
+            .delete_message(seq)
             .await
             .map(|_| ())
-            .map_err(|e| Error::new(ErrorKind::JetStream, ctx()).with_source(e))
+            .map_err(|e| Error::new(ErrorKind::Refused, ctx()).with_source(e))
     }
 
     /// Opens a scan of stream `name` on `filter` from sequence `from`: reads the range of
     /// sequences the stream holds now, and whether batched direct gets can read it.
     pub(crate) async fn scan(&self, name: &str, filter: String, from: u64) -> Result<Scan, Error> {
-        let mut s = self.js.get_stream(name).await.map_err(|e| {
-            Error::new(ErrorKind::Read, format!("cannot open stream `{name}`")).with_source(e)
+        // Its info, asked for once here, gives the range the scan covers.
+        let s = self.js.get_stream(name).await.map_err(|e| {
+            Error::new(ErrorKind::NotFound, format!("cannot open stream `{name}`")).with_source(e)
         })?;
-        let info = s.info().await.map_err(|e| {
-            Error::new(ErrorKind::Read, format!("cannot read stream `{name}`")).with_source(e)
-        })?;
+        let info = s.cached_info();
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
         Ok(Scan {
             batched: info.config.allow_direct && self.version >= BATCH_GET_MIN_SERVER_VERSION,
@@ -393,7 +345,7 @@ impl Scan {
 
     fn read_error(&self, what: String) -> Error {
         Error::new(
-            ErrorKind::Read,
+            ErrorKind::Refused,
             format!(
                 "cannot read the messages on `{}` in `{}`: {what}",
                 self.filter, self.name

@@ -69,7 +69,7 @@ impl NatsPuller {
             .publish_with_reply(self.subject.clone(), self.sub_subject(), payload)
             .await
             .map_err(|e| {
-                Error::new(ErrorKind::JetStream, "cannot send a pull request").with_source(e)
+                Error::new(ErrorKind::Connect, "cannot send a pull request").with_source(e)
             })?;
         if self.outstanding == 0 {
             self.last_activity = Instant::now();
@@ -129,18 +129,18 @@ impl NatsPuller {
                                 }
                                 None => {
                                     return Pulled::Failed(Error::new(
-                                        ErrorKind::JetStream,
+                                        ErrorKind::Refused,
                                         format!("the server ended the pull: {description}"),
                                     ))
                                 }
                             }
                         }
                         StatusCode::NO_RESPONDERS => {
-                            return Pulled::Failed(Error::new(ErrorKind::JetStream, "no JetStream responders for the pull"));
+                            return Pulled::Failed(Error::new(ErrorKind::Refused, "no JetStream responders for the pull"));
                         }
                         other => {
                             return Pulled::Failed(Error::new(
-                                ErrorKind::JetStream,
+                                ErrorKind::Refused,
                                 format!("unexpected pull status {other}: {}", m.description.unwrap_or_default()),
                             ))
                         }
@@ -172,7 +172,7 @@ async fn subscribe(
 ) -> Result<(async_nats::Subject, Subscriber), Error> {
     let inbox: async_nats::Subject = client.new_inbox().into();
     let sub = client.subscribe(inbox.clone()).await.map_err(|e| {
-        Error::new(ErrorKind::JetStream, "cannot subscribe to a pull inbox").with_source(e)
+        Error::new(ErrorKind::Connect, "cannot subscribe to a pull inbox").with_source(e)
     })?;
     Ok((inbox, sub))
 }

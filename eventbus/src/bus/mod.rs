@@ -224,7 +224,7 @@ impl Bus {
     /// - an event sent but not acknowledged has an [`ErrorKind::Timeout`] error: it may or may
     ///   not be stored (publish it again with the same id, [`PublishOptions::id`], to be sure
     ///   of one copy);
-    /// - an event not sent at all has an [`ErrorKind::Publish`] error that says so: it is not
+    /// - an event not sent at all has an [`ErrorKind::NotSent`] error that says so: it is not
     ///   stored.
     ///
     /// Events that are retried may be stored in another order than given; [`Bus::append`]

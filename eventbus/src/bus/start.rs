@@ -36,7 +36,7 @@ impl Builder {
             }
         }
         if !problems.is_empty() {
-            return Err(Error::new(ErrorKind::Provision, problems.join("\n")));
+            return Err(Error::new(ErrorKind::Incompatible, problems.join("\n")));
         }
         let publisher = Publisher::new(backend.clone(), service.clone(), &config);
         let (stop, stop_rx) = watch::channel(false);
