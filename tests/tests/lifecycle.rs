@@ -20,6 +20,7 @@ use async_nats::jetstream::{self, consumer};
 use eventbus::prelude::*;
 use eventbus::{ConnectionState, Credentials, ErrorKind};
 use eventbus_tests::{wait_for, wait_until, NatsServer};
+use futures::FutureExt;
 use tokio::sync::oneshot;
 
 /// How long any one condition may take to come true.
@@ -773,4 +774,82 @@ async fn shutdown_while_the_server_is_down_returns_promptly() {
         1,
         "the handler in flight finished"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropping the last handle of a started bus shuts it down as `shutdown()` does
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "lc_drop", name = "noted")]
+struct DropNoted {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+static DROP_STARTED: AtomicUsize = AtomicUsize::new(0);
+static DROP_DONE: AtomicUsize = AtomicUsize::new(0);
+static DROP_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[event_handler]
+async fn lc_drop_handler(_event: DropNoted) -> Result<(), HandlerError> {
+    DROP_STARTED.fetch_add(1, Ordering::SeqCst);
+    DROP_GATE.notified().await;
+    DROP_DONE.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Whether the server lists a connection named `name`.
+async fn connected(server: &NatsServer, name: &str) -> bool {
+    let Ok(connz) = server.monitor_json("/connz").await else {
+        return true;
+    };
+    connz["connections"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["name"] == name))
+}
+
+#[tokio::test]
+async fn dropping_the_last_bus_lets_in_flight_handlers_finish_and_stops_consuming() {
+    let server = NatsServer::start().await;
+    let bus = bus_on(&server, "lc-drop", &["lc_drop_handler"])
+        .start()
+        .await
+        .unwrap();
+    let publisher = publisher(&server).await;
+    publisher
+        .publish(&DropNoted { id: "1".into() })
+        .await
+        .unwrap();
+    wait_until(TIMEOUT, "the handler started", || async {
+        DROP_STARTED.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    // No shutdown(): the last handle goes away while the handler runs.
+    drop(bus);
+    DROP_GATE.notify_one();
+    let js = jetstream::new(server.connect().await);
+    wait_settled(&js, "LC_DROP", "lc-drop-lc_drop_handler").await;
+    assert_eq!(DROP_DONE.load(Ordering::SeqCst), 1, "the handler finished");
+    wait_until(
+        TIMEOUT,
+        "the dropped bus's connection is drained and closed",
+        || connected(&server, "eventbus:lc-drop").map(|c| !c),
+    )
+    .await;
+
+    // Nothing consumes any more: a new event stays pending, not delivered.
+    publisher
+        .publish(&DropNoted { id: "2".into() })
+        .await
+        .unwrap();
+    let info = wait_for(TIMEOUT, "event 2 is pending", || async {
+        let info = consumer_info(&js, "LC_DROP", "lc-drop-lc_drop_handler").await;
+        (info.num_pending == 1).then_some(info)
+    })
+    .await;
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    assert_eq!(DROP_STARTED.load(Ordering::SeqCst), 1);
+    publisher.shutdown().await.unwrap();
 }
