@@ -39,24 +39,35 @@ fn registration(h: &Handler<'_>) -> TokenStream {
     let event_text = type_text(event_ty);
 
     // The handler's call, spanned at its return type: a future that is not `Send`, or an error
-    // type that does not convert into `HandlerError`, is reported there.
-    let ctx_arg = match h.ctx_ty {
-        Some(ctx_ty) => quote_spanned! {ctx_ty.span()=>
-            <#ctx_ty as ::eventbus::__private::HandlerContext>::from_context(__eventbus_ctx)
-        },
-        None => quote!(),
-    };
-    let call_args = match h.ctx_ty {
-        Some(_) => quote!(__eventbus_event, #ctx_arg),
-        None => quote!(__eventbus_event),
-    };
-    let ctx_pat = match h.ctx_ty {
-        Some(_) => quote!(__eventbus_ctx),
-        None => quote!(_),
+    // type that does not convert into `HandlerError`, is reported there. Each parameter after
+    // the event is taken from the context through `FromContext`, spanned at its type: a type
+    // that is not a handler parameter is reported on it.
+    let params: Vec<TokenStream> = h
+        .params
+        .iter()
+        .map(|ty| {
+            quote_spanned! {ty.span()=>
+                <#ty as ::eventbus::FromContext>::from_context(&__eventbus_ctx)
+            }
+        })
+        .collect();
+    let needs: Vec<TokenStream> = h
+        .params
+        .iter()
+        .map(|ty| {
+            quote_spanned! {ty.span()=>
+                <#ty as ::eventbus::FromContext>::needs(__eventbus_out);
+            }
+        })
+        .collect();
+    let ctx_pat = if h.params.is_empty() {
+        quote!(_)
+    } else {
+        quote!(__eventbus_ctx)
     };
     let output_span = h.output.span();
     let closure = quote_spanned! {output_span=>
-        |__eventbus_event, #ctx_pat| #name(#call_args)
+        |__eventbus_event, #ctx_pat| #name(__eventbus_event #(, #params)*)
     };
     // The event type keeps its own span, so that a type that is not an event is reported on
     // it; the bounds on the handler's future are reported on the return type.
@@ -86,6 +97,10 @@ fn registration(h: &Handler<'_>) -> TokenStream {
     quote! {
         #subject_check
 
+        fn __eventbus_states(__eventbus_out: &mut ::std::vec::Vec<::eventbus::StateType>) {
+            #(#needs)*
+        }
+
         fn __eventbus_call(
             __eventbus_meta: &::eventbus::Metadata,
             __eventbus_body: &[u8],
@@ -106,6 +121,7 @@ fn registration(h: &Handler<'_>) -> TokenStream {
                 event_type: #event_text,
                 events: <#event_ty as ::eventbus::EventSet>::EVENTS,
                 options: #options,
+                states: __eventbus_states,
                 call: __eventbus_call,
             }
         }

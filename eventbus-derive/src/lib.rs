@@ -105,13 +105,25 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 ///     let _ = (event, ctx.attempt());
 ///     Ok(())
 /// }
+///
+/// #[derive(Clone)]
+/// struct Warehouse { name: &'static str }
+///
+/// // State given with `eventbus::builder().state(Warehouse { .. })`.
+/// #[event_handler(durable = "picking")]
+/// async fn pick(event: OrderCreated, State(w): State<Warehouse>, ctx: EventContext) -> Result<(), HandlerError> {
+///     let _ = (event, w.name, ctx.attempt());
+///     Ok(())
+/// }
 /// ```
 ///
-/// The function is `async fn name(event: E) -> Result<(), Err>` or
-/// `async fn name(event: E, ctx: EventContext) -> Result<(), Err>`, where `E` is an event
-/// struct or an event set and `Err` converts into `HandlerError` (any `std::error::Error +
-/// Send + Sync`, or `HandlerError` itself to mark an error permanent). Its future must be
-/// `Send`. The function itself is left as it is, so it can be called directly in tests.
+/// The function is `async fn name(event: E, ...) -> Result<(), Err>`, where `E` is an event
+/// struct or an event set, each parameter after the event is taken from the handler's context
+/// (`ctx: EventContext`, application state as `State(x): State<T>`, or any type implementing
+/// `eventbus::FromContext`, in any order), and `Err` converts into `HandlerError` (any
+/// `std::error::Error + Send + Sync`, or `HandlerError` itself to mark an error permanent).
+/// Its future must be `Send`. The function itself is left as it is, so it can be called
+/// directly in tests.
 ///
 /// | option | |
 /// |---|---|

@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::envelope::{encode, headers, EncodeOptions};
 use crate::error::{BoxError, Conflict, Error, ErrorKind};
 use crate::event::EventSet;
-use crate::publish::{is_wrong_last_sequence, publish_error, Published, Publisher};
+use crate::publish::{is_wrong_last_sequence, publish_error, PublishOptions, Published, Publisher};
 use crate::read::{stream_of, Read};
 use crate::subject::check_aggregate_id;
 
@@ -73,6 +73,7 @@ pub(crate) async fn append<E: EventSet>(
     id: &str,
     expected_version: u64,
     events: &[E],
+    chain: &PublishOptions,
 ) -> Result<Appended, Error> {
     let backend = publisher.backend();
     let server_version = backend.server_version();
@@ -121,6 +122,8 @@ pub(crate) async fn append<E: EventSet>(
             event,
             &EncodeOptions {
                 source: publisher.service(),
+                correlation_id: chain.correlation_id.as_deref(),
+                causation_id: chain.causation_id.as_deref(),
                 ..Default::default()
             },
         )?;

@@ -417,6 +417,141 @@ fn parse_duration_var(var: &str, v: &str) -> Result<Duration, Error> {
     })
 }
 
+/// The prefix of the environment variables that override a handler's options:
+/// `EVENTBUS_HANDLER_{NAME}_{OPTION}`, `NAME` the handler's function name upper-cased.
+pub(crate) const HANDLER_ENV_PREFIX: &str = "EVENTBUS_HANDLER_";
+
+/// The options a handler's environment variables can set, by the variable's last part.
+const HANDLER_ENV_OPTIONS: &[&str] = &[
+    "CONCURRENCY",
+    "MAX_DELIVER",
+    "ACK_WAIT",
+    "BACKOFF",
+    "ORDERED",
+    "DURABLE",
+    "DELIVER",
+    "START_SEQUENCE",
+    "ACK",
+    "REPLAY",
+];
+
+/// The environment variable of `option` of handler `handler`.
+pub(crate) fn handler_env_var(handler: &str, option: &str) -> String {
+    format!(
+        "{HANDLER_ENV_PREFIX}{}_{option}",
+        handler.to_ascii_uppercase()
+    )
+}
+
+/// The options of `handler` set by the environment (`EVENTBUS_HANDLER_{NAME}_{OPTION}`, read
+/// through `get`), or the problems of the values, each naming its variable.
+pub(crate) fn handler_options_from_env(
+    handler: &str,
+    get: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> ConsumerOptions {
+    let mut o = ConsumerOptions::default();
+    for option in HANDLER_ENV_OPTIONS {
+        let var = handler_env_var(handler, option);
+        let Some(v) = get(&var).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        let t = v.trim();
+        let bad = |what: &str| format!("{var}={v:?} is not {what}");
+        let positive = |t: &str| t.parse::<u64>().ok().filter(|n| *n > 0);
+        let parsed: Result<(), String> = match *option {
+            "CONCURRENCY" => positive(t)
+                .map(|n| o.concurrency = Some(n as usize))
+                .ok_or_else(|| bad("a whole number of at least 1")),
+            "MAX_DELIVER" => positive(t)
+                .and_then(|n| i64::try_from(n).ok())
+                .map(|n| o.max_deliver = Some(n))
+                .ok_or_else(|| bad("a whole number of at least 1")),
+            "START_SEQUENCE" => positive(t)
+                .map(|n| o.deliver = Some(DeliverPolicy::ByStartSequence(n)))
+                .ok_or_else(|| bad("a stream sequence of at least 1")),
+            "ACK_WAIT" => crate::rules::parse_duration(t)
+                .map(|d| o.ack_wait = Some(d))
+                .map_err(|why| format!("{var}={v:?} is not a duration: {why}")),
+            "BACKOFF" => t
+                .split(',')
+                .map(|d| crate::rules::parse_duration(d.trim()))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|delays| o.backoff = Some(delays.into()))
+                .map_err(|why| {
+                    format!("{var}={v:?} is not a comma-separated list of durations: {why}")
+                }),
+            "ORDERED" => parse_bool(&var, t)
+                .map(|b| o.ordered = Some(b))
+                .map_err(|e| e.message().to_owned()),
+            "DURABLE" if t == "false" => {
+                o.durable = Some(false);
+                Ok(())
+            }
+            "DURABLE" => Some(t)
+                .filter(|name| is_valid_name(name))
+                .map(|name| o.durable_name = Some(name.to_owned().into()))
+                .ok_or_else(|| bad("a consumer name of [A-Za-z0-9_-], or false")),
+            "DELIVER" => match t {
+                "all" => Some(DeliverPolicy::All),
+                "last" => Some(DeliverPolicy::Last),
+                "last_per_subject" => Some(DeliverPolicy::LastPerSubject),
+                "new" => Some(DeliverPolicy::New),
+                _ => None,
+            }
+            .map(|d| o.deliver = Some(d))
+            .ok_or_else(|| bad("one of all, last, last_per_subject, new")),
+            "ACK" => match t {
+                "explicit" => Some(AckPolicy::Explicit),
+                "none" => Some(AckPolicy::None),
+                _ => None,
+            }
+            .map(|a| o.ack = Some(a))
+            .ok_or_else(|| bad("explicit or none")),
+            "REPLAY" => match t {
+                "instant" => Some(ReplayPolicy::Instant),
+                "original" => Some(ReplayPolicy::Original),
+                _ => None,
+            }
+            .map(|r| o.replay = Some(r))
+            .ok_or_else(|| bad("instant or original")),
+            _ => Ok(()),
+        };
+        if let Err(p) = parsed {
+            problems.push(p);
+        }
+    }
+    o
+}
+
+/// The `EVENTBUS_HANDLER_*` variables among `vars` that name no option of any of `handlers`
+/// (a misspelt handler or option would otherwise be ignored in silence).
+pub(crate) fn unknown_handler_vars<'a>(
+    vars: impl Iterator<Item = String>,
+    handlers: impl Iterator<Item = &'a str> + Clone,
+) -> Vec<String> {
+    vars.filter(|var| var.starts_with(HANDLER_ENV_PREFIX))
+        .filter(|var| {
+            !handlers.clone().any(|h| {
+                HANDLER_ENV_OPTIONS
+                    .iter()
+                    .any(|o| *var == handler_env_var(h, o))
+            })
+        })
+        .map(|var| {
+            format!(
+                "{var} names no handler option: the variables are {HANDLER_ENV_PREFIX}{{HANDLER}}_{{OPTION}} with HANDLER a handler's name upper-cased ({}) and OPTION one of {}",
+                handlers
+                    .clone()
+                    .map(str::to_ascii_uppercase)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                HANDLER_ENV_OPTIONS.join(", ")
+            )
+        })
+        .collect()
+}
+
 /// Whether a name is a valid service or consumer name: `[A-Za-z0-9_-]+`.
 pub(crate) fn is_valid_name(s: &str) -> bool {
     crate::rules::is_name_token(s)

@@ -37,7 +37,9 @@ pub use crate::dlq::{dlq_headers, DeadLetter};
 pub use crate::envelope::{headers, Metadata};
 pub use crate::error::{Conflict, Error, ErrorKind};
 pub use crate::event::{AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet};
-pub use crate::handler::{Delivery, EventContext, HandlerError, Retry};
+pub use crate::handler::{
+    Delivery, EventContext, FromContext, HandlerError, Retry, State, StateType,
+};
 pub use crate::publish::{PublishOptions, Published};
 pub use crate::read::{Read, Recorded};
 pub use crate::subject::Subject;
@@ -73,7 +75,7 @@ pub use time::{self, OffsetDateTime};
 pub mod prelude {
     pub use crate::aggregate::Aggregate;
     pub use crate::event::{AggregateId, EventSet};
-    pub use crate::handler::{EventContext, HandlerError};
+    pub use crate::handler::{EventContext, HandlerError, State};
     pub use crate::{event_handler, Bus, DomainEvent};
     pub use serde::{Deserialize, Serialize};
 }

@@ -133,24 +133,6 @@ pub const fn check_variant_aggregate(set: &str, variant: &str, set_aggregate: &s
     }
 }
 
-/// The second parameter of an `#[event_handler]` function: implemented by [`EventContext`]
-/// only, so that another type is reported on the parameter's type with a hint.
-#[diagnostic::on_unimplemented(
-    message = "the second parameter of an event handler must be `EventContext`, not `{Self}`",
-    label = "expected `EventContext`",
-    note = "write `ctx: EventContext` (it is cheap to clone), or leave the second parameter out"
-)]
-pub trait HandlerContext {
-    /// The parameter's value, from the context the runtime gives.
-    fn from_context(ctx: EventContext) -> Self;
-}
-
-impl HandlerContext for EventContext {
-    fn from_context(ctx: EventContext) -> Self {
-        ctx
-    }
-}
-
 /// A context for an event handled outside a running bus (no publisher; delivered once, from
 /// no stream): lets tests call a registered handler's `call` directly.
 pub fn detached_context(meta: Metadata) -> EventContext {
@@ -165,6 +147,7 @@ pub fn detached_context(meta: Metadata) -> EventContext {
         meta: std::sync::Arc::new(meta),
         delivery: std::sync::Arc::new(delivery),
         publisher: None,
+        states: crate::handler::States::default(),
     }
 }
 

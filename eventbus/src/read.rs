@@ -45,7 +45,8 @@ enum Start {
 /// message on the aggregate's subjects, as `append`'s expected version does.
 #[must_use = "a read does nothing until it is streamed or collected"]
 pub struct Read<E> {
-    backend: Backend,
+    /// Where to read, or why it cannot be read.
+    backend: Result<Backend, Error>,
     id: String,
     start: Start,
     _event: PhantomData<fn() -> E>,
@@ -64,8 +65,18 @@ impl<E> Read<E> {
     /// A read of aggregate `id`'s events, from the start.
     pub(crate) fn new(backend: Backend, id: String) -> Self {
         Read {
-            backend,
+            backend: Ok(backend),
             id,
+            start: Start::Beginning,
+            _event: PhantomData,
+        }
+    }
+
+    /// A read that yields `error` (where there is nothing to read from).
+    pub(crate) fn failed(error: Error) -> Self {
+        Read {
+            backend: Err(error),
+            id: String::new(),
             start: Start::Beginning,
             _event: PhantomData,
         }
@@ -116,6 +127,7 @@ impl<E: EventSet> Read<E> {
             backend, id, start, ..
         } = self;
         let opened = async move {
+            let backend = backend?;
             check_aggregate_id(E::AGGREGATE, &id)?;
             let name = stream_of(&backend, E::AGGREGATE, &id).await?;
             let scan = backend

@@ -5,7 +5,7 @@ use crate::config::ConsumerOptions;
 use crate::envelope::Metadata;
 use crate::error::Error;
 use crate::event::EventDescriptor;
-use crate::handler::{EventContext, HandlerFuture};
+use crate::handler::{EventContext, HandlerFuture, StateType};
 
 /// The erased entry point of a handler: decode the event, then return the handler's future.
 pub type CallFn = fn(&Metadata, &[u8], EventContext) -> Result<HandlerFuture, Error>;
@@ -33,6 +33,8 @@ pub struct HandlerRegistration {
     pub events: &'static [EventDescriptor],
     /// The consumer options given on the attribute.
     pub options: ConsumerOptions,
+    /// Lists the state types its parameters take (checked when a bus starts).
+    pub states: fn(&mut Vec<StateType>),
     /// Decodes and calls it.
     pub call: CallFn,
 }

@@ -49,9 +49,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::backend::{Backend, Broker};
 use crate::bus::{builder, Builder, Bus};
+use crate::config::Config;
 use crate::dispatch::{Observer, Settled, Settlement};
+use crate::envelope::{decode, encode, EncodeOptions, Metadata};
 use crate::error::Error;
+use crate::event::EventSet;
+use crate::handler::{Delivery, EventContext, States};
+use crate::publish::Publisher;
 use crate::subject::split_event_subject;
 
 /// What became of one delivery of an event to a handler.
@@ -245,5 +251,150 @@ impl TestBus {
             *m.entry((h.handler, k)).or_default() += 1;
         }
         m
+    }
+}
+
+/// The stream of a [`TestContext`]'s broker: it stores every subject.
+const TEST_CONTEXT_STREAM: &str = "TEST_CONTEXT";
+
+/// A context for calling one handler function directly, with no bus and no server: what the
+/// handler publishes, appends, loads and reads goes to an in-process broker of its own, which
+/// stores every subject, and [`TestContext::published`] returns what it published.
+///
+/// ```
+/// use eventbus::prelude::*;
+/// use eventbus::testing::TestContext;
+///
+/// #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+/// #[event(aggregate = "doc_ctx_order", name = "placed")]
+/// struct OrderPlaced { #[event(aggregate_id)] order_id: String }
+///
+/// #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+/// #[event(aggregate = "doc_ctx_invoice", name = "issued")]
+/// struct InvoiceIssued { #[event(aggregate_id)] invoice_id: String }
+///
+/// #[derive(Clone)]
+/// struct Prefix(&'static str);
+///
+/// #[event_handler]
+/// async fn bill(e: OrderPlaced, State(p): State<Prefix>, ctx: EventContext) -> Result<(), HandlerError> {
+///     ctx.publish(&InvoiceIssued { invoice_id: format!("{}{}", p.0, e.order_id) }).await?;
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), eventbus::Error> {
+/// let test = TestContext::new();
+/// let placed = OrderPlaced { order_id: "7".into() };
+/// let ctx = test.context_for(&placed)?;
+/// bill(placed, State(Prefix("inv-")), ctx.clone()).await.unwrap();
+///
+/// let published = test.published::<InvoiceIssued>().await?;
+/// assert_eq!(published[0].0.invoice_id, "inv-7");
+/// assert_eq!(published[0].1.causation_id.as_deref(), Some(ctx.event_id()));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TestContext {
+    publisher: Publisher,
+    states: States,
+    /// The delivery the contexts describe: (stream sequence, deliveries).
+    delivery: (u64, u64),
+}
+
+impl Default for TestContext {
+    fn default() -> Self {
+        TestContext::new()
+    }
+}
+
+impl TestContext {
+    /// A context on a fresh in-process broker, for the service `test`.
+    pub fn new() -> TestContext {
+        let broker = Broker::new();
+        broker
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: TEST_CONTEXT_STREAM.to_owned(),
+                subjects: vec![">".to_owned()],
+                ..Default::default()
+            })
+            .expect("a fresh broker takes any stream");
+        TestContext {
+            publisher: Publisher::new(
+                Backend::Memory(broker),
+                "test".to_owned(),
+                &Config::default(),
+            ),
+            states: States::default(),
+            delivery: (1, 1),
+        }
+    }
+
+    /// Adds application state, for what the handler takes from its context
+    /// ([`EventContext::state`]); a `State<T>` parameter is passed by the caller.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Makes the contexts describe delivery number `delivered` of the event at stream sequence
+    /// `sequence` (by default 1 and 1): to test how a handler deals with a redelivery.
+    pub fn delivery(mut self, sequence: u64, delivered: u64) -> Self {
+        self.delivery = (sequence, delivered.max(1));
+        self
+    }
+
+    /// The context of a delivery of `event`, as a bus would give it the first time: the
+    /// event's metadata as published by the service `test` (a new id, its own correlation),
+    /// delivered from this context's stream (see [`TestContext::delivery`]).
+    pub fn context_for<E: EventSet>(&self, event: &E) -> Result<EventContext, Error> {
+        let encoded = encode(
+            event,
+            &EncodeOptions {
+                source: self.publisher.service(),
+                ..Default::default()
+            },
+        )?;
+        let meta = Metadata::from_headers(encoded.subject.as_str(), encoded.headers)?;
+        Ok(self.context_with(meta))
+    }
+
+    /// The context of a delivery with metadata of the caller's (another id, correlation or
+    /// causation): see [`Metadata::from_message`].
+    pub fn context_with(&self, metadata: Metadata) -> EventContext {
+        EventContext {
+            meta: Arc::new(metadata),
+            delivery: Arc::new(Delivery {
+                stream: TEST_CONTEXT_STREAM.to_owned(),
+                consumer: "test".to_owned(),
+                stream_sequence: self.delivery.0,
+                delivered: self.delivery.1,
+                pending: 0,
+            }),
+            publisher: Some(self.publisher.clone()),
+            states: self.states.clone(),
+        }
+    }
+
+    /// The events of the set `E` published or appended through this context's broker so far,
+    /// in order, each with its metadata.
+    pub async fn published<E: EventSet>(&self) -> Result<Vec<(E, Metadata)>, Error> {
+        let mut scan = self
+            .publisher
+            .backend()
+            .scan(TEST_CONTEXT_STREAM, ">".to_owned(), 1)
+            .await?;
+        let mut out = Vec::new();
+        while let Some(m) = scan.next().await {
+            let m = m?;
+            let meta = Metadata::from_headers(&m.subject, m.headers)?;
+            if meta.aggregate_type == E::AGGREGATE
+                && E::EVENTS.iter().any(|d| d.name == meta.event_type)
+            {
+                out.push((decode::<E>(&meta, &m.payload)?, meta));
+            }
+        }
+        Ok(out)
     }
 }

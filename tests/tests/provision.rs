@@ -602,40 +602,51 @@ fn the_topology_printout_lists_streams_subjects_consumers_filters_and_options() 
     );
 }
 
-/// `EVENTBUS_PRINT_TOPOLOGY=1` prints the topology and exits without connecting. A process of
-/// its own, so this test's environment stays as it is.
+/// `EVENTBUS_PRINT_TOPOLOGY=1` prints the topology and exits without connecting, from `run()`
+/// and from `start()` alike. A process of its own, so this test's environment stays as it is.
 #[tokio::test]
 async fn print_topology_prints_and_exits_without_connecting() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signal_service"))
-        .env_clear()
-        .env("EVENTBUS_PRINT_TOPOLOGY", "1")
-        .env("EVENTBUS_URL", closed_port_url())
-        .env("EVENTBUS_SERVICE", "prv-print-env")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_for(TIMEOUT, "signal_service exits", || {
-        let status = child.try_wait().unwrap();
-        async move { status }
-    })
-    .await;
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        status.success(),
-        "{status}; stderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_mentions(
-        &stdout,
-        &[
-            "service prv-print-env",
-            "LC_SIGNAL [lc_signal.>]",
-            "prv-print-env-lc_signal_handler on LC_SIGNAL filter=lc_signal.*.requested",
-        ],
-    );
+    for start in [false, true] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signal_service"));
+        command
+            .env_clear()
+            .env("EVENTBUS_PRINT_TOPOLOGY", "1")
+            .env("EVENTBUS_URL", closed_port_url())
+            .env("EVENTBUS_SERVICE", "prv-print-env");
+        if start {
+            command.env("SIGNAL_SERVICE_START", "1");
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_for(TIMEOUT, "signal_service exits", || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await;
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            status.success(),
+            "start() {start}: {status}; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_mentions(
+            &stdout,
+            &[
+                "service prv-print-env",
+                "LC_SIGNAL [lc_signal.>]",
+                "prv-print-env-lc_signal_handler on LC_SIGNAL filter=lc_signal.*.requested",
+            ],
+        );
+        assert!(
+            !stdout.contains("started and shut down"),
+            "start() {start}: the program went on after printing:\n{stdout}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -156,14 +156,15 @@ pub(crate) struct Handler<'a> {
     pub(crate) attrs: attr::Handler,
     /// The first parameter's type.
     pub(crate) event_ty: &'a Type,
-    /// The second parameter's type, if the handler takes a context.
-    pub(crate) ctx_ty: Option<&'a Type>,
+    /// The types of the parameters after the event (`EventContext`, `State<T>`, ...), each
+    /// taken from the handler's context through `eventbus::FromContext`.
+    pub(crate) params: Vec<&'a Type>,
     /// The declared return type.
     pub(crate) output: &'a Type,
 }
 
 const SIGNATURE: &str =
-    "`async fn name(event: E) -> Result<(), Err>` or `async fn name(event: E, ctx: EventContext) -> Result<(), Err>`";
+    "`async fn name(event: E, ...) -> Result<(), Err>`, where the parameters after the event are `ctx: EventContext` or `State(x): State<T>`";
 
 impl<'a> Handler<'a> {
     /// The model of a handler, or `None` when its signature cannot be used (the reasons are
@@ -207,7 +208,7 @@ impl<'a> Handler<'a> {
         }
 
         let mut types = Vec::new();
-        for (i, input) in sig.inputs.iter().enumerate() {
+        for input in sig.inputs.iter() {
             match input {
                 FnArg::Receiver(r) => {
                     cx.error_spanned_by(
@@ -216,14 +217,7 @@ impl<'a> Handler<'a> {
                     );
                     usable = false;
                 }
-                FnArg::Typed(t) if i < 2 => types.push(&*t.ty),
-                FnArg::Typed(t) => {
-                    cx.error_spanned_by(
-                        t,
-                        format!("an event handler takes one or two parameters: {SIGNATURE}"),
-                    );
-                    usable = false;
-                }
+                FnArg::Typed(t) => types.push(&*t.ty),
             }
         }
         if sig.inputs.is_empty() {
@@ -251,7 +245,7 @@ impl<'a> Handler<'a> {
                 item,
                 attrs,
                 event_ty,
-                ctx_ty: rest.first().copied(),
+                params: rest.to_vec(),
                 output,
             }),
             _ => None,

@@ -7,9 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ConsumerOptions, Credentials, StreamOptions, TlsConfig};
+use crate::config::{
+    handler_options_from_env, unknown_handler_vars, Config, ConsumerOptions, Credentials,
+    StreamOptions, TlsConfig,
+};
 use crate::dispatch::Observer;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
+use crate::handler::{StateType, States};
 use crate::registry::{self, HandlerRegistration};
 use crate::topology::Topology;
 
@@ -18,7 +22,9 @@ pub(super) type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Which registered handlers a bus runs.
 #[derive(Debug, Clone)]
-enum Selection {
+pub(super) enum Selection {
+    /// None was chosen: [`Builder::start`] runs no handler, [`Builder::run`] runs them all.
+    Default,
     All,
     Only(Vec<String>),
 }
@@ -29,7 +35,9 @@ enum Selection {
 pub struct Builder {
     pub(super) env: bool,
     setters: Vec<Setter>,
-    selection: Selection,
+    pub(super) selection: Selection,
+    /// The application's state, for handlers' `State<T>` parameters.
+    pub(super) states: States,
     pub(super) shutdown_signal: Option<ShutdownSignal>,
     /// Told what the workers do (`eventbus::testing` records through it).
     pub(super) observer: Option<Arc<dyn Observer>>,
@@ -40,7 +48,8 @@ pub fn builder() -> Builder {
     Builder {
         env: true,
         setters: Vec::new(),
-        selection: Selection::All,
+        selection: Selection::Default,
+        states: States::default(),
         shutdown_signal: None,
         observer: None,
     }
@@ -163,7 +172,23 @@ impl Builder {
         self.set(move |c| c.dlq_stream = n)
     }
 
-    /// Runs only the named handlers of the registry (by function name); by default all run.
+    /// Gives the handlers a value of the application's: a handler takes it by type with a
+    /// [`crate::State`] parameter (`State(db): State<Db>`). Call it once per type (a second
+    /// value of the same type replaces the first). A handler that takes a state nobody gave is
+    /// refused when the bus starts, before any network call.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Runs every handler linked into the program. [`Builder::run`] does this by default;
+    /// [`Builder::start`] runs none unless told which.
+    pub fn all_handlers(mut self) -> Self {
+        self.selection = Selection::All;
+        self
+    }
+
+    /// Runs only the named handlers of the registry (by function name).
     pub fn only_handlers<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -173,7 +198,8 @@ impl Builder {
         self
     }
 
-    /// Runs no handler: a bus that only publishes and reads.
+    /// Runs no handler: a bus that only publishes and reads (what [`Builder::start`] does when
+    /// no handler was chosen).
     pub fn without_handlers(mut self) -> Self {
         self.selection = Selection::Only(Vec::new());
         self
@@ -189,8 +215,26 @@ impl Builder {
     /// the selection itself (names in [`Builder::only_handlers`] that no handler has). Those
     /// are reported together with the topology's own problems, not on their own.
     pub(super) fn resolve(&mut self) -> Result<Resolved, Error> {
+        let all = registry::handlers();
+        let mut problems = Vec::new();
         let mut config = if self.env {
-            Config::from_env()?
+            let mut config = Config::from_env()?;
+            let get = |k: &str| std::env::var(k).ok();
+            let mut bad = Vec::new();
+            for h in &all {
+                let o = handler_options_from_env(h.name, &get, &mut bad);
+                if o != ConsumerOptions::default() {
+                    config.handlers.insert(h.name.to_owned(), o);
+                }
+            }
+            bad.extend(unknown_handler_vars(
+                std::env::vars().map(|(k, _)| k),
+                all.iter().map(|h| h.name),
+            ));
+            if !bad.is_empty() {
+                return Err(Error::new(ErrorKind::Config, bad.join("\n")));
+            }
+            config
         } else {
             Config::default()
         };
@@ -201,9 +245,8 @@ impl Builder {
             Some(s) => s.clone(),
             None => default_service_name(),
         };
-        let all = registry::handlers();
-        let mut problems = Vec::new();
-        let handlers = match &self.selection {
+        let handlers: Vec<_> = match &self.selection {
+            Selection::Default => Vec::new(),
             Selection::All => all,
             Selection::Only(names) => {
                 let unknown: Vec<&String> = names
@@ -226,12 +269,28 @@ impl Builder {
                     .collect()
             }
         };
+        for h in &handlers {
+            let mut needs: Vec<StateType> = Vec::new();
+            (h.states)(&mut needs);
+            for need in needs.iter().filter(|n| !self.states.contains(n.id)) {
+                problems.push(format!(
+                    "handler `{}` ({}:{}) takes `State<{}>`, but no state of type `{}` was given: add `.state(value)` to the builder",
+                    h.name, h.file, h.line, need.name, need.name
+                ));
+            }
+        }
         Ok(Resolved {
             config,
             service,
             handlers,
             problems,
         })
+    }
+
+    /// Whether `EVENTBUS_PRINT_TOPOLOGY` asks to print the topology instead of starting (unless
+    /// [`Builder::no_env`]).
+    pub(super) fn print_topology(&self) -> bool {
+        self.env && std::env::var("EVENTBUS_PRINT_TOPOLOGY").is_ok_and(|v| v == "1" || v == "true")
     }
 
     /// The topology this builder would provision, validated, without any network call.

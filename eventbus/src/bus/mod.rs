@@ -277,7 +277,14 @@ impl Bus {
         expected_version: u64,
         events: &[E],
     ) -> Result<Appended, Error> {
-        aggregate::append(&self.inner.publisher, id, expected_version, events).await
+        aggregate::append(
+            &self.inner.publisher,
+            id,
+            expected_version,
+            events,
+            &PublishOptions::default(),
+        )
+        .await
     }
 
     /// Every dead letter, oldest first; of one consumer only if `consumer` is given. None

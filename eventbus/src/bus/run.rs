@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use super::builder::ShutdownSignal;
+use super::builder::{Selection, ShutdownSignal};
 use super::{builder, Builder};
 use crate::error::Error;
 
@@ -24,11 +24,17 @@ impl Builder {
     /// bus connects and provisions does not kill the process (the default action) but ends it
     /// cleanly: start-up is abandoned and `run` returns `Ok`.
     ///
+    /// It runs every handler linked into the program unless the builder chose some
+    /// ([`Builder::only_handlers`], [`Builder::without_handlers`]): running the service is
+    /// running its handlers.
+    ///
     /// With `EVENTBUS_PRINT_TOPOLOGY=1` (unless [`Builder::no_env`]) it prints the topology
     /// and returns without connecting.
     pub async fn run(mut self) -> Result<(), Error> {
-        let print = std::env::var("EVENTBUS_PRINT_TOPOLOGY").is_ok_and(|v| v == "1" || v == "true");
-        if self.env && print {
+        if matches!(self.selection, Selection::Default) {
+            self.selection = Selection::All;
+        }
+        if self.print_topology() {
             let t = self.topology()?;
             println!("{t}");
             return Ok(());

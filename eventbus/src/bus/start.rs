@@ -15,13 +15,25 @@ use crate::publish::Publisher;
 
 impl Builder {
     /// Validates the registry, connects, provisions streams and consumers, and starts the
-    /// handlers.
+    /// chosen handlers: none unless [`Builder::all_handlers`] or [`Builder::only_handlers`]
+    /// says which, so a program that links handlers but only publishes (a CLI, a driver, an
+    /// HTTP front) does not consume their events.
     ///
     /// The returned [`Bus`] owns the handlers' workers: dropping its last clone stops them as
     /// [`Bus::shutdown`] does (in a task of its own), so keep it for as long as the service runs.
+    ///
+    /// With `EVENTBUS_PRINT_TOPOLOGY=1` (unless [`Builder::no_env`]) it prints the topology
+    /// and ends the process (exit status 0) without connecting; a topology that is not valid
+    /// is returned as the error instead.
     pub async fn start(mut self) -> Result<Bus, Error> {
-        let observer = self.observer.take();
+        if self.print_topology() {
+            let t = self.resolve()?.plan()?.2;
+            println!("{t}");
+            std::process::exit(0);
+        }
         let (config, service, topology) = self.resolve()?.plan()?;
+        let observer = self.observer.take();
+        let states = std::mem::take(&mut self.states);
         let connected = Backend::connect(&config, &service).await?;
         let backend = connected.backend;
         let stream_names = provision::streams(&backend, &topology).await?;
@@ -71,6 +83,7 @@ impl Builder {
                 stream: stream_name,
                 consumer_name: name,
                 publisher: publisher.clone(),
+                states: states.clone(),
                 observer: observer.clone(),
             });
             running.workers.push(tokio::spawn(dispatch::run(

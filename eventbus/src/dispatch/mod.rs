@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{Incoming, Pulled, Puller};
+use crate::handler::States;
 use crate::publish::Publisher;
 use crate::topology::ConsumerPlan;
 
@@ -67,6 +68,8 @@ pub(crate) struct Worker {
     pub(crate) stream: String,
     pub(crate) consumer_name: String,
     pub(crate) publisher: Publisher,
+    /// The application's state, for handlers' `State<T>` parameters.
+    pub(crate) states: States,
     pub(crate) observer: Option<Arc<dyn Observer>>,
 }
 

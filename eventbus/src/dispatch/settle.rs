@@ -101,6 +101,7 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
                     pending,
                 }),
                 publisher: Some(w.publisher.clone()),
+                states: w.states.clone(),
             };
             let outcome = call(w, &msg, &meta, ctx, explicit).await;
             match outcome {

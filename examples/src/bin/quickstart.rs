@@ -70,7 +70,12 @@ async fn main() -> Result<(), eventbus::Error> {
                 .unwrap_or_else(|_| "warn,eventbus=info".into()),
         )
         .init();
-    let bus = eventbus::builder().service("quickstart").start().await?;
+    // `all_handlers`: a bus runs handlers only when told to (a publisher alone runs none).
+    let bus = eventbus::builder()
+        .service("quickstart")
+        .all_handlers()
+        .start()
+        .await?;
     for (id, total) in [("1001", 2500), ("1002", 990), ("1003", 12000)] {
         let stored = bus
             .publish(&OrderCreated {

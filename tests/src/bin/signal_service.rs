@@ -1,7 +1,8 @@
 //! A service run as its own process by `tests/tests/lifecycle.rs` (real SIGTERM) and
 //! `tests/tests/provision.rs` (`EVENTBUS_PRINT_TOPOLOGY`).
 //!
-//! It is `eventbus::run()` with one handler, configured from the environment (`EVENTBUS_URL`,
+//! It is `eventbus::run()` with one handler (or, with `SIGNAL_SERVICE_START=1`,
+//! `builder().all_handlers().start()` then a shutdown), configured from the environment (`EVENTBUS_URL`,
 //! `EVENTBUS_SERVICE`, `EVENTBUS_SHUTDOWN_GRACE`, ...). The handler prints `started <id>`, works
 //! for `work_ms` milliseconds, then prints `finished <id>`; one line each on stdout.
 //!
@@ -30,6 +31,12 @@ async fn lc_signal_handler(event: SignalRequested) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() -> Result<(), eventbus::Error> {
+    if std::env::var_os("SIGNAL_SERVICE_START").is_some() {
+        let bus = eventbus::builder().all_handlers().start().await?;
+        bus.shutdown().await?;
+        println!("started and shut down");
+        return Ok(());
+    }
     eventbus::run().await?;
     println!("exited cleanly");
     Ok(())

@@ -50,6 +50,26 @@ async fn boxed_error(
     Ok(())
 }
 
+#[derive(Clone)]
+pub struct Pool(std::sync::Arc<String>);
+
+#[derive(Clone)]
+pub struct Limits {
+    pub max: u32,
+}
+
+/// Application state taken by type, before or after the context, several at once.
+#[event_handler(durable = "with-state")]
+async fn with_state(
+    event: OrderCreated,
+    State(pool): State<Pool>,
+    ctx: EventContext,
+    State(limits): State<Limits>,
+) -> Result<(), HandlerError> {
+    let _ = (event, pool.0.len(), ctx.attempt(), limits.max);
+    Ok(())
+}
+
 pub mod billing {
     use eventbus::{event_handler, HandlerError};
 

@@ -7,9 +7,13 @@ pub struct OrderCreated {
     pub order_id: String,
 }
 
+#[derive(Clone)]
+pub struct Db;
+
+// Application state is taken as `State(db): State<Db>`, not as the bare type.
 #[event_handler]
-async fn bill(_: OrderCreated, _: EventContext, retries: u32) -> Result<(), HandlerError> {
-    let _ = retries;
+async fn bill(_: OrderCreated, _: EventContext, db: Db) -> Result<(), HandlerError> {
+    let _ = db;
     Ok(())
 }
 
