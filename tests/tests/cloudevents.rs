@@ -498,10 +498,10 @@ async fn the_sdk_reads_what_eventbus_writes() {
     let read: serde_json::Value = serde_json::from_str(&out).unwrap();
     let a = &read["attributes"];
     assert_eq!(
-        a["id"], "rust id 1",
+        a["id"], "rust%20id 1",
         "percent-encoded by eventbus, decoded by the SDK: {out}"
     );
-    assert_eq!(published.id, "rust id 1");
+    assert_eq!(published.id, "rust%20id 1");
     assert_eq!(a["type"], "ce_order.created.v1");
     assert_eq!(a["source"], SERVICE);
     assert_eq!(a["subject"], "r1");
