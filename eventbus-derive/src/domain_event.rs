@@ -39,6 +39,13 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
     let version = attrs.version.as_ref().map_or(1, |v| v.value);
     let pattern = format!("{aggregate}.*.{name}");
     let cloud_type = format!("{aggregate}.{name}.v{version}");
+    let foreign_type = match &attrs.cloud_type {
+        Some(t) => {
+            let t = &t.value;
+            quote!(::core::option::Option::Some(#t))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let rust_type = ident.unraw().to_string();
     // Spanned at the id field's type: a type that is not an aggregate id is reported there.
     let member = match &id.member {
@@ -78,6 +85,7 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
                 version: #version,
                 subject_pattern: #pattern,
                 cloud_type: #cloud_type,
+                foreign_type: #foreign_type,
                 rust_type: #rust_type,
             }];
 

@@ -1,8 +1,17 @@
-//! The wire format: CloudEvents 1.0, NATS protocol binding, binary mode.
+//! The wire format: CloudEvents 1.0 on NATS.
 //!
-//! The body is the event's JSON; the CloudEvents attributes travel as headers (`ce-id`,
-//! `ce-type`, ...), with `Nats-Msg-Id` set to `ce-id` so the server drops duplicates. A message
-//! from another producer that has none of these headers is decoded from its subject and body.
+//! Written in binary mode: the body is the event's JSON; the CloudEvents attributes travel as
+//! headers (`ce-id`, `ce-type`, ...), percent-encoded where the binding asks for it, with
+//! `Nats-Msg-Id` set to `ce-id` so the server drops duplicates.
+//!
+//! Read liberally: header names in any case, values percent-decoded, `ce-datacontenttype` as
+//! the content type when there is no `content-type`; a structured-mode CloudEvent
+//! (`application/cloudevents+json`, the released NATS binding) has its attributes read from the
+//! body and its `data` (or `data_base64`) decoded as the event, never the envelope itself. A
+//! message of another producer that has none of these headers is decoded from its subject and
+//! body. The aggregate id always comes from the subject; `ce-subject` is metadata only.
+
+use std::borrow::Cow;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -10,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::{Error, ErrorKind};
-use crate::event::EventSet;
+use crate::event::{DecodeError, EventSet};
 use crate::subject::{split_event_subject, Subject};
 
 /// Header names of the wire format.
@@ -23,12 +32,16 @@ pub mod headers {
     pub const SOURCE: &str = "ce-source";
     /// `{aggregate}.{event}.v{version}`.
     pub const TYPE: &str = "ce-type";
-    /// The aggregate id.
+    /// The aggregate id, as written by eventbus; read as metadata only (the aggregate id of a
+    /// received event comes from its NATS subject).
     pub const SUBJECT: &str = "ce-subject";
     /// When the event was published (RFC 3339).
     pub const TIME: &str = "ce-time";
-    /// The body's media type: `application/json`.
+    /// The body's media type: `application/json` in binary mode, `application/cloudevents+json`
+    /// in structured mode.
     pub const CONTENT_TYPE: &str = "content-type";
+    /// The body's media type as a CloudEvents attribute; read when `content-type` is absent.
+    pub const DATACONTENTTYPE: &str = "ce-datacontenttype";
     /// The id of the event that started the chain this event belongs to.
     pub const CORRELATION_ID: &str = "ce-correlationid";
     /// The id of the event whose handler published this event.
@@ -47,6 +60,10 @@ pub mod headers {
 pub(crate) const SPEC_VERSION: &str = "1.0";
 /// The content type of event bodies.
 pub(crate) const JSON: &str = "application/json";
+/// The content type of a structured-mode CloudEvent in the JSON event format.
+pub(crate) const STRUCTURED_JSON: &str = "application/cloudevents+json";
+/// The content type of a batch of CloudEvents, which is not read.
+const BATCH_JSON: &str = "application/cloudevents-batch+json";
 
 /// Options of one encoding: who publishes, and the chain the event belongs to.
 #[derive(Debug, Clone, Default)]
@@ -226,7 +243,12 @@ pub(crate) fn encode_at<E: EventSet>(
     if let Some(extra) = opts.extra_headers {
         for (name, values) in extra.iter() {
             let n: &str = name.as_ref();
-            if n.starts_with("ce-") || n == headers::MSG_ID || n == headers::CONTENT_TYPE {
+            // Compared as readers compare them: in any case.
+            let lower = n.to_ascii_lowercase();
+            if lower.starts_with("ce-")
+                || lower.eq_ignore_ascii_case(headers::MSG_ID)
+                || lower == headers::CONTENT_TYPE
+            {
                 return Err(Error::new(
                     ErrorKind::Encode,
                     format!(
@@ -243,16 +265,24 @@ pub(crate) fn encode_at<E: EventSet>(
     h.insert(names::SPECVERSION.clone(), SPEC_VERSION);
     h.insert(names::ID.clone(), id.as_str());
     h.insert(names::MSG_ID.clone(), id.as_str());
-    h.insert(names::SOURCE.clone(), opts.source);
+    // `ce-*` values are percent-encoded as the binding asks (`Nats-Msg-Id` is NATS's own
+    // header and stays as it is); a value with nothing to encode is not copied.
+    if let Cow::Owned(encoded) = percent_encode(&id) {
+        h.insert(names::ID.clone(), encoded);
+    }
+    h.insert(names::SOURCE.clone(), percent_encode(opts.source).as_ref());
     h.insert(names::TYPE.clone(), d.cloud_event_type());
     // Checked by `event_subject`: one subject token, so no line break.
-    h.insert(names::SUBJECT.clone(), event.id().as_ref());
+    h.insert(names::SUBJECT.clone(), percent_encode(&event.id()).as_ref());
     h.insert(names::TIME.clone(), format_time(time));
     h.insert(names::CONTENT_TYPE.clone(), JSON);
-    h.insert(names::CORRELATION_ID.clone(), correlation_id);
+    h.insert(
+        names::CORRELATION_ID.clone(),
+        percent_encode(correlation_id).as_ref(),
+    );
     if let Some(c) = opts.causation_id {
         check_value(headers::CAUSATION_ID, c)?;
-        h.insert(names::CAUSATION_ID.clone(), c);
+        h.insert(names::CAUSATION_ID.clone(), percent_encode(c).as_ref());
     }
     if let Some(t) = opts.traceparent {
         check_value(headers::TRACEPARENT, t)?;
@@ -267,6 +297,20 @@ pub(crate) fn encode_at<E: EventSet>(
     })
 }
 
+/// How a received message carried its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContentMode {
+    /// CloudEvents binary mode: the attributes are headers, the body is the event.
+    Binary,
+    /// CloudEvents structured mode: the body is the whole CloudEvent (`application/cloudevents+json`),
+    /// whose `data` is the event.
+    Structured,
+    /// No CloudEvents attributes: a plain message of another producer, decoded from its subject
+    /// and body.
+    Plain,
+}
+
 /// What is known of a received event besides its body.
 #[derive(Debug, Clone)]
 pub struct Metadata {
@@ -277,12 +321,19 @@ pub struct Metadata {
     pub source: Option<String>,
     /// The aggregate type.
     pub aggregate_type: String,
-    /// The aggregate id.
+    /// The aggregate id: always the subject's second token.
     pub aggregate_id: String,
-    /// The event type (the subject's last token).
+    /// The event type (from `ce-type` when it is eventbus's `{aggregate}.{event}[.v{n}]`, else
+    /// the subject's last token).
     pub event_type: String,
     /// The schema version, if the producer gave one.
     pub version: Option<u32>,
+    /// The `ce-type` as received, if any.
+    pub cloud_type: Option<String>,
+    /// The `ce-subject` as received, if any: metadata only, never the aggregate id.
+    pub cloud_subject: Option<String>,
+    /// How the event was carried.
+    pub mode: ContentMode,
     /// The NATS subject.
     pub subject: String,
     /// When the event was published, if known.
@@ -295,15 +346,110 @@ pub struct Metadata {
     pub traceparent: Option<String>,
     /// All headers as received.
     pub headers: HeaderMap,
+    /// In structured mode, the event's body taken from the CloudEvent's `data`.
+    data: Option<Bytes>,
+}
+
+/// The attributes of a received CloudEvent, from headers (binary mode) or from the body
+/// (structured mode), decoded.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Attributes {
+    specversion: Option<String>,
+    id: Option<String>,
+    source: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    subject: Option<String>,
+    time: Option<String>,
+    datacontenttype: Option<String>,
+    correlationid: Option<String>,
+    causationid: Option<String>,
+    traceparent: Option<String>,
+    /// Structured mode only.
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+    /// Structured mode only.
+    #[serde(default)]
+    data_base64: Option<String>,
+}
+
+/// The headers eventbus reads, found in one pass with their names in any case.
+#[derive(Default)]
+struct Found<'a> {
+    content_type: Option<&'a str>,
+    msg_id: Option<&'a str>,
+    traceparent: Option<&'a str>,
+    /// Whether any `ce-` header is present.
+    any_ce: bool,
+    attributes: Attributes,
+}
+
+impl<'a> Found<'a> {
+    fn of(h: &'a HeaderMap) -> Found<'a> {
+        let mut f = Found::default();
+        for (name, values) in h.iter() {
+            let Some(value) = values.first().map(|v| v.as_str()) else {
+                continue;
+            };
+            let name: &str = name.as_ref();
+            let slot = if name.eq_ignore_ascii_case(headers::CONTENT_TYPE) {
+                f.content_type.get_or_insert(value);
+                continue;
+            } else if name.eq_ignore_ascii_case(headers::MSG_ID) {
+                f.msg_id.get_or_insert(value);
+                continue;
+            } else if name.eq_ignore_ascii_case(headers::TRACEPARENT) {
+                f.traceparent.get_or_insert(value);
+                continue;
+            } else if name.len() > 3 && name[..3].eq_ignore_ascii_case("ce-") {
+                f.any_ce = true;
+                let a = &mut f.attributes;
+                match name[3..].to_ascii_lowercase().as_str() {
+                    "specversion" => &mut a.specversion,
+                    "id" => &mut a.id,
+                    "source" => &mut a.source,
+                    "type" => &mut a.ty,
+                    "subject" => &mut a.subject,
+                    "time" => &mut a.time,
+                    "datacontenttype" => &mut a.datacontenttype,
+                    "correlationid" => &mut a.correlationid,
+                    "causationid" => &mut a.causationid,
+                    _ => continue,
+                }
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(percent_decode(value).into_owned());
+            }
+        }
+        f
+    }
+}
+
+/// The media type without parameters, in lower case.
+fn media_type(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Whether a media type (without parameters, lower case) is JSON.
+fn is_json(base: &str) -> bool {
+    base == JSON || base == "text/json" || base.ends_with("+json")
 }
 
 impl Metadata {
     /// Reads the metadata of a message from its subject and headers.
     ///
-    /// Binary-mode CloudEvents headers are used when present; otherwise the subject's tokens
-    /// give the aggregate, its id and the event type. A `ce-type` that is not
-    /// `{aggregate}.{event}.v{n}`, a non-JSON content type, or a subject that is not
-    /// `{aggregate}.{id}.{event}` is a [`ErrorKind::Decode`] error.
+    /// Binary-mode CloudEvents headers are used when present (names in any case, values
+    /// percent-decoded); otherwise the subject's tokens give the aggregate, its id and the event
+    /// type. A non-JSON content type, a `ce-specversion` other than `1.0`, or a subject that is
+    /// not `{aggregate}.{id}.{event}` is a [`ErrorKind::Decode`] error, and so is a
+    /// structured-mode CloudEvent, whose attributes are in its body: read that with
+    /// [`Metadata::from_parts`].
     pub fn from_message(subject: &str, headers: Option<&HeaderMap>) -> Result<Metadata, Error> {
         Self::from_headers(subject, headers.cloned().unwrap_or_default())
     }
@@ -311,108 +457,322 @@ impl Metadata {
     /// Like [`Metadata::from_message`], with the headers given by value: they become
     /// [`Metadata::headers`] without a copy.
     pub fn from_headers(subject: &str, headers: HeaderMap) -> Result<Metadata, Error> {
-        Self::from_owned(subject, headers).map_err(|failed| failed.0)
+        match Self::parsed(subject, &headers, None) {
+            Ok(m) => Ok(Metadata { headers, ..m }),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Like [`Metadata::from_headers`], giving the headers back with the error.
+    /// Reads the metadata of a message from its subject, headers and body: like
+    /// [`Metadata::from_headers`], and a structured-mode CloudEvent is read from its body (its
+    /// `data` is what [`decode`] then decodes).
+    pub fn from_parts(
+        subject: &str,
+        headers: HeaderMap,
+        payload: &[u8],
+    ) -> Result<Metadata, Error> {
+        Self::from_owned(subject, headers, payload).map_err(|failed| failed.0)
+    }
+
+    /// Like [`Metadata::from_parts`], giving the headers back with the error.
     pub(crate) fn from_owned(
         subject: &str,
         headers: HeaderMap,
+        payload: &[u8],
     ) -> Result<Metadata, Box<(Error, HeaderMap)>> {
-        match Self::parsed(subject, &headers) {
-            Ok(mut m) => {
-                m.headers = headers;
-                Ok(m)
-            }
+        match Self::parsed(subject, &headers, Some(payload)) {
+            Ok(m) => Ok(Metadata { headers, ..m }),
             Err(e) => Err(Box::new((e, headers))),
         }
     }
 
     /// Everything but the headers themselves (left empty).
-    fn parsed(subject: &str, h: &HeaderMap) -> Result<Metadata, Error> {
-        let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned());
+    fn parsed(subject: &str, h: &HeaderMap, payload: Option<&[u8]>) -> Result<Metadata, Error> {
+        let decode_error = |what: String| Error::new(ErrorKind::Decode, what);
         let (sub_aggregate, sub_id, sub_event) = split_event_subject(subject).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Decode,
-                format!(
-                    "subject `{subject}` is not an event subject `{{aggregate}}.{{id}}.{{event}}`"
-                ),
-            )
+            decode_error(format!(
+                "subject `{subject}` is not an event subject `{{aggregate}}.{{id}}.{{event}}`"
+            ))
         })?;
-        if let Some(ct) = h.get(headers::CONTENT_TYPE) {
-            let ct = ct.as_str();
-            let base = ct.split(';').next().unwrap_or("").trim();
-            if !(base == JSON || base.ends_with("+json")) {
-                return Err(Error::new(
-                    ErrorKind::Decode,
-                    format!("message on `{subject}` has content type `{ct}`, not JSON"),
-                ));
+        let found = Found::of(h);
+        let content_type = found
+            .content_type
+            .or(found.attributes.datacontenttype.as_deref());
+        let base = content_type.map(media_type);
+        let (mode, attributes, data) = match base.as_deref() {
+            Some(STRUCTURED_JSON) => {
+                let Some(payload) = payload else {
+                    return Err(decode_error(format!(
+                        "message on `{subject}` is a structured-mode CloudEvent, whose attributes are in its body: read it with its body"
+                    )));
+                };
+                let (attributes, data) = structured(subject, payload)?;
+                (ContentMode::Structured, attributes, Some(data))
+            }
+            Some(BATCH_JSON) => {
+                return Err(decode_error(format!(
+                    "message on `{subject}` is a batch of CloudEvents (`{BATCH_JSON}`), which eventbus does not read: publish one event per message"
+                )))
+            }
+            Some(base) if !is_json(base) => {
+                return Err(decode_error(format!(
+                    "message on `{subject}` has content type `{}`, not JSON",
+                    content_type.unwrap_or_default()
+                )))
+            }
+            _ if found.any_ce => (ContentMode::Binary, found.attributes, None),
+            _ => (ContentMode::Plain, found.attributes, None),
+        };
+        if let Some(v) = &attributes.specversion {
+            if v != SPEC_VERSION {
+                return Err(decode_error(format!(
+                    "message on `{subject}` is a CloudEvent of spec version {v:?}; eventbus reads CloudEvents {SPEC_VERSION} only"
+                )));
             }
         }
-        let (aggregate_type, event_type, version) = match h.get(headers::TYPE) {
-            Some(t) => {
-                let (aggregate, name, version) = parse_cloud_event_type(t.as_str()).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Decode,
-                        format!(
-                            "message on `{subject}` has `ce-type` {:?}, not `{{aggregate}}.{{event}}.v{{version}}`",
-                            t.as_str()
-                        ),
-                    )
-                })?;
-                (aggregate.to_owned(), name.to_owned(), Some(version))
-            }
-            None => (sub_aggregate.to_owned(), sub_event.to_owned(), None),
-        };
-        let time = match h.get(headers::TIME) {
-            Some(t) => OffsetDateTime::parse(t.as_str(), &Rfc3339).ok(),
-            None => None,
-        };
+        let (aggregate_type, event_type, version) =
+            match attributes.ty.as_deref().and_then(parse_cloud_event_type) {
+                Some((aggregate, name, version)) => {
+                    (aggregate.to_owned(), name.to_owned(), version)
+                }
+                // No type, or a type of another producer's (resolved by `decode` against the
+                // types the events declare): the subject says what it is.
+                None => (sub_aggregate.to_owned(), sub_event.to_owned(), None),
+            };
+        let time = attributes
+            .time
+            .as_deref()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
         Ok(Metadata {
-            id: get(headers::ID)
-                .or_else(|| get(headers::MSG_ID))
+            id: attributes
+                .id
+                .or_else(|| found.msg_id.map(str::to_owned))
                 .unwrap_or_default(),
-            source: get(headers::SOURCE),
+            source: attributes.source,
             aggregate_type,
-            aggregate_id: get(headers::SUBJECT).unwrap_or_else(|| sub_id.to_owned()),
+            aggregate_id: sub_id.to_owned(),
             event_type,
             version,
+            cloud_type: attributes.ty,
+            cloud_subject: attributes.subject,
+            mode,
             subject: subject.to_owned(),
             time,
-            correlation_id: get(headers::CORRELATION_ID),
-            causation_id: get(headers::CAUSATION_ID),
-            traceparent: get(headers::TRACEPARENT),
+            correlation_id: attributes.correlationid,
+            causation_id: attributes.causationid,
+            traceparent: attributes
+                .traceparent
+                .or_else(|| found.traceparent.map(str::to_owned)),
             headers: HeaderMap::new(),
+            data,
         })
     }
 }
 
-/// Splits `{aggregate}.{event}.v{version}`.
-pub(crate) fn parse_cloud_event_type(t: &str) -> Option<(&str, &str, u32)> {
-    let (rest, v) = t.rsplit_once('.')?;
-    let version = v.strip_prefix('v')?.parse().ok()?;
+/// Reads a structured-mode CloudEvent: its attributes, and its `data` (or `data_base64`) as
+/// the event's JSON body.
+fn structured(subject: &str, payload: &[u8]) -> Result<(Attributes, Bytes), Error> {
+    let decode_error = |what: String| Error::new(ErrorKind::Decode, what);
+    let mut a: Attributes = serde_json::from_slice(payload).map_err(|e| {
+        decode_error(format!(
+            "message on `{subject}` has content type `{STRUCTURED_JSON}` but is not a CloudEvent in JSON"
+        ))
+        .with_source(e)
+    })?;
+    if a.specversion.is_none() {
+        return Err(decode_error(format!(
+            "structured-mode CloudEvent on `{subject}` has no `specversion`"
+        )));
+    }
+    if let Some(ct) = &a.datacontenttype {
+        if !is_json(&media_type(ct)) {
+            return Err(decode_error(format!(
+                "structured-mode CloudEvent on `{subject}` has `datacontenttype` `{ct}`: its `data` is not JSON, so it is not an event eventbus can decode"
+            )));
+        }
+    }
+    let data = match (a.data.take(), a.data_base64.take()) {
+        (Some(data), _) => serde_json::to_vec(&data).map_err(|e| {
+            decode_error(format!("cannot re-serialize the `data` of the CloudEvent on `{subject}`"))
+                .with_source(e)
+        })?,
+        (None, Some(b64)) => base64_decode(&b64).ok_or_else(|| {
+            decode_error(format!(
+                "structured-mode CloudEvent on `{subject}` has a `data_base64` that is not base64"
+            ))
+        })?,
+        (None, None) => {
+            return Err(decode_error(format!(
+                "structured-mode CloudEvent on `{subject}` has no `data` (nor `data_base64`): there is no event to decode"
+            )))
+        }
+    };
+    Ok((a, Bytes::from(data)))
+}
+
+/// Splits eventbus's own CloudEvents type, `{aggregate}.{event}.v{version}` or
+/// `{aggregate}.{event}` (no version given).
+pub(crate) fn parse_cloud_event_type(t: &str) -> Option<(&str, &str, Option<u32>)> {
+    let (rest, version) = match t.rsplit_once('.') {
+        Some((rest, v))
+            if v.len() > 1 && v.starts_with('v') && v[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (rest, Some(v[1..].parse().ok()?))
+        }
+        _ => (t, None),
+    };
     let (aggregate, name) = rest.split_once('.')?;
-    if aggregate.is_empty() || name.is_empty() || name.contains('.') {
+    if crate::rules::name_problem(aggregate).is_some() || crate::rules::name_problem(name).is_some()
+    {
         return None;
     }
     Some((aggregate, name, version))
 }
 
+/// Characters written as they are in a `ce-*` header: printable ASCII but space, `"` and `%`.
+fn is_plain(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%'
+}
+
+/// Percent-encodes a `ce-*` header value as the binding asks: every byte of its UTF-8 outside
+/// printable ASCII, and space, `"` and `%`.
+pub(crate) fn percent_encode(v: &str) -> Cow<'_, str> {
+    if v.bytes().all(is_plain) {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    for b in v.bytes() {
+        if is_plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Decodes the `%XX` sequences of a header value. A `%` not followed by two hex digits is kept
+/// as it is; a value whose decoded bytes are not UTF-8 is kept as received.
+pub(crate) fn percent_decode(v: &str) -> Cow<'_, str> {
+    if !v.contains('%') {
+        return Cow::Borrowed(v);
+    }
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(_) => Cow::Borrowed(v),
+    }
+}
+
+/// Decodes standard base64 (with or without padding), as `data_base64` holds it.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    if s.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
 /// Decodes the body of a received event into a value of the set `E`.
+///
+/// The event type is the `ce-type` one of the set's events declares (`cloud_type`), else
+/// eventbus's own `{aggregate}.{event}.v{version}`, else the subject's. An event of a version
+/// newer than the set's is refused, naming both; an older one is decoded as it is. A
+/// structured-mode CloudEvent's `data` is decoded, never the envelope.
 pub fn decode<E: EventSet>(meta: &Metadata, payload: &[u8]) -> Result<E, Error> {
-    if meta.aggregate_type != E::AGGREGATE {
-        return Err(Error::new(
-            ErrorKind::UnknownEventType,
+    let body = meta.data.as_deref().unwrap_or(payload);
+    let declared = meta
+        .cloud_type
+        .as_deref()
+        .and_then(|t| E::EVENTS.iter().find(|d| d.foreign_type == Some(t)));
+    let name = match declared {
+        Some(d) => d.name,
+        None => {
+            if let Some(t) = &meta.cloud_type {
+                if parse_cloud_event_type(t).is_none() {
+                    return Err(Error::new(
+                        ErrorKind::UnknownEventType,
+                        format!(
+                            "event on `{}` has `ce-type` {t:?}, which is not `{{aggregate}}.{{event}}.v{{version}}` and which no event of aggregate `{}` declares (`#[event(cloud_type = \"...\")]`)",
+                            meta.subject,
+                            E::AGGREGATE
+                        ),
+                    ));
+                }
+            }
+            if meta.aggregate_type != E::AGGREGATE {
+                return Err(Error::new(
+                    ErrorKind::UnknownEventType,
+                    format!(
+                        "event `{}.{}` on `{}` is not of aggregate `{}`",
+                        meta.aggregate_type,
+                        meta.event_type,
+                        meta.subject,
+                        E::AGGREGATE
+                    ),
+                ));
+            }
+            let known = E::EVENTS.iter().find(|d| d.name == meta.event_type);
+            if let (Some(d), Some(v)) = (known, meta.version) {
+                if v > d.version {
+                    return Err(Error::new(
+                        ErrorKind::Decode,
+                        format!(
+                            "event `{}.{}` on `{}` is version {v}, newer than version {} that `{}` reads: deploy a handler that reads version {v}",
+                            d.aggregate, d.name, meta.subject, d.version, d.rust_type
+                        ),
+                    ));
+                }
+                // An older version is decoded with today's type: upcasting goes here.
+            }
+            meta.event_type.as_str()
+        }
+    };
+    E::from_json(name, body).map_err(|e| match (&e, meta.mode) {
+        (DecodeError::Json { .. }, ContentMode::Structured) => Error::new(
+            ErrorKind::Decode,
             format!(
-                "event `{}.{}` on `{}` is not of aggregate `{}`",
-                meta.aggregate_type,
-                meta.event_type,
+                "the `data` of the structured-mode CloudEvent on `{}` does not fit event `{}.{name}`",
                 meta.subject,
                 E::AGGREGATE
             ),
-        ));
-    }
-    E::from_json(&meta.event_type, payload).map_err(Error::from)
+        )
+        .with_source(e),
+        _ => Error::from(e),
+    })
 }
 
 #[cfg(test)]
@@ -455,5 +815,69 @@ mod tests {
             h.get(headers::SPECVERSION).map(|v| v.as_str()),
             Some(SPEC_VERSION)
         );
+    }
+
+    #[test]
+    fn header_values_are_percent_encoded_and_decoded() {
+        assert_eq!(percent_encode("py id 7"), "py%20id%207");
+        assert_eq!(percent_encode("a%\"b\u{e9}"), "a%25%22b%C3%A9");
+        assert!(matches!(percent_encode("order-42/x"), Cow::Borrowed(_)));
+        for v in ["py id 7", "a%\"b\u{e9}", "plain", "100%"] {
+            assert_eq!(percent_decode(&percent_encode(v)), v);
+        }
+        assert_eq!(percent_decode("py%20id%207"), "py id 7");
+        assert_eq!(percent_decode("caf%C3%a9"), "caf\u{e9}");
+        // An invalid sequence is kept as it is, and so is a value that is not UTF-8 decoded.
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%FF"), "%FF");
+    }
+
+    #[test]
+    fn base64_as_data_base64_holds_it() {
+        assert_eq!(base64_decode("eyJhIjoxfQ==").unwrap(), br#"{"a":1}"#);
+        assert_eq!(base64_decode("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert_eq!(base64_decode("TWFu").unwrap(), b"Man");
+        assert!(base64_decode("not base64!").is_none());
+    }
+
+    #[test]
+    fn own_cloud_types_with_and_without_a_version() {
+        assert_eq!(
+            parse_cloud_event_type("order.created.v2"),
+            Some(("order", "created", Some(2)))
+        );
+        assert_eq!(
+            parse_cloud_event_type("order.created"),
+            Some(("order", "created", None))
+        );
+        assert_eq!(
+            parse_cloud_event_type("order.verified"),
+            Some(("order", "verified", None))
+        );
+        for foreign in [
+            "com.example.orders.created",
+            "created",
+            "order.created.vx.y",
+            "order..v1",
+        ] {
+            assert_eq!(parse_cloud_event_type(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn header_names_are_read_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.insert("Ce-Id", "py%20id%207");
+        h.insert("CE-TYPE", "order.created.v1");
+        h.insert("Content-Type", "Application/JSON; charset=utf-8");
+        h.insert("ce-subject", "orders/f7e");
+        let m = Metadata::from_headers("order.f7e.created", h).unwrap();
+        assert_eq!(m.id, "py id 7");
+        assert_eq!(m.mode, ContentMode::Binary);
+        assert_eq!(m.aggregate_id, "f7e");
+        assert_eq!(m.cloud_subject.as_deref(), Some("orders/f7e"));
+        assert_eq!(m.version, Some(1));
     }
 }

@@ -12,7 +12,8 @@ use crate::subject::Subject;
 /// One kind of event of one aggregate, as it is known on the wire.
 ///
 /// The wire type (`ce-type`) is `{aggregate}.{name}.v{version}`: stable, and independent of the
-/// Rust type's name.
+/// Rust type's name. An event may also declare the type other producers use
+/// ([`EventDescriptor::foreign_type`]), which is read as this event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EventDescriptor {
     /// The aggregate type, e.g. `order`.
@@ -23,8 +24,13 @@ pub struct EventDescriptor {
     pub version: u32,
     /// The subject pattern of the event, e.g. `order.*.created`.
     pub subject_pattern: &'static str,
-    /// The CloudEvents type, `{aggregate}.{name}.v{version}`, e.g. `order.created.v1`.
+    /// The CloudEvents type eventbus writes, `{aggregate}.{name}.v{version}`, e.g.
+    /// `order.created.v1`.
     pub cloud_type: &'static str,
+    /// The CloudEvents type other producers give this event, declared with
+    /// `#[event(cloud_type = "com.example.orders.created")]`: read as this event besides
+    /// [`EventDescriptor::cloud_type`], never written.
+    pub foreign_type: Option<&'static str>,
     /// The Rust type's name, for messages only.
     pub rust_type: &'static str,
 }

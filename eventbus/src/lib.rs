@@ -34,7 +34,7 @@ pub use crate::config::{
     ReplayPolicy, Retention, Storage, StreamOptions, TlsConfig,
 };
 pub use crate::dlq::{dlq_headers, DeadLetter};
-pub use crate::envelope::{headers, Metadata};
+pub use crate::envelope::{headers, ContentMode, Metadata};
 pub use crate::error::{Conflict, Error, ErrorKind};
 pub use crate::event::{AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet};
 pub use crate::handler::{

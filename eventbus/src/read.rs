@@ -185,7 +185,7 @@ fn recorded<E: EventSet>(msg: Stored, version: u64) -> Option<Result<Recorded<E>
         payload,
         time,
     } = msg;
-    let mut meta = match Metadata::from_headers(&subject, headers) {
+    let mut meta = match Metadata::from_parts(&subject, headers, &payload) {
         Ok(m) => m,
         Err(e) => return Some(Err(e)),
     };

@@ -166,6 +166,8 @@ impl Topology {
             ));
         }
 
+        one_event_per_cloud_type(events, handlers, &mut problems);
+
         let mut aggregates: BTreeSet<&str> = events.iter().map(|e| e.aggregate).collect();
         aggregates.extend(handlers.iter().map(|h| h.aggregate));
 
@@ -460,5 +462,111 @@ impl fmt::Display for Topology {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Refuses two events that claim one CloudEvents type: eventbus's own
+/// `{aggregate}.{name}.v{version}` of one and the `cloud_type` another declares, or one
+/// `cloud_type` declared twice. A received event of that type could not say which it is.
+fn one_event_per_cloud_type(
+    events: &[&'static EventDescriptor],
+    handlers: &[&'static HandlerRegistration],
+    problems: &mut Vec<String>,
+) {
+    let all = events
+        .iter()
+        .copied()
+        .chain(handlers.iter().flat_map(|h| h.events.iter()));
+    // Each type with the first event that claims it.
+    let mut claimed: BTreeMap<&str, &EventDescriptor> = BTreeMap::new();
+    let mut reported = BTreeSet::new();
+    // Own types first, so that a declared type that is another event's own type names both.
+    let own = all.clone().map(|d| (d.cloud_type, d));
+    let declared = all.filter_map(|d| d.foreign_type.map(|t| (t, d)));
+    for (t, d) in own.chain(declared) {
+        let same = |a: &EventDescriptor, b: &EventDescriptor| {
+            (a.aggregate, a.name, a.version) == (b.aggregate, b.name, b.version)
+        };
+        match claimed.get(t) {
+            None => {
+                claimed.insert(t, d);
+            }
+            Some(first) if !same(first, d) && reported.insert(t) => problems.push(format!(
+                "events `{}` ({}) and `{}` ({}) both claim CloudEvents type {t:?}: a received event of that type could not say which it is; give one of them another `cloud_type`",
+                first.rust_type, first.cloud_type, d.rust_type, d.cloud_type
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn event(
+        name: &'static str,
+        own: &'static str,
+        declared: Option<&'static str>,
+    ) -> EventDescriptor {
+        EventDescriptor {
+            aggregate: "order",
+            name,
+            version: 1,
+            subject_pattern: "order.*.x",
+            cloud_type: own,
+            foreign_type: declared,
+            rust_type: name,
+        }
+    }
+
+    static CREATED: EventDescriptor = event(
+        "created",
+        "order.created.v1",
+        Some("com.example.orders.created"),
+    );
+    static LEGACY: EventDescriptor = event(
+        "legacy",
+        "order.legacy.v1",
+        Some("com.example.orders.created"),
+    );
+    static SHIPPED: EventDescriptor =
+        event("shipped", "order.shipped.v1", Some("order.created.v1"));
+    static PAID: EventDescriptor = event("paid", "order.paid.v1", Some("com.example.orders.paid"));
+
+    fn problems(events: &[&'static EventDescriptor]) -> Vec<String> {
+        let mut problems = Vec::new();
+        one_event_per_cloud_type(events, &[], &mut problems);
+        problems
+    }
+
+    #[test]
+    fn two_events_may_not_claim_one_cloud_type() {
+        assert_eq!(problems(&[&CREATED, &PAID]), Vec::<String>::new());
+        // The same event seen twice (registered, and in a handler's set) is one claim.
+        assert_eq!(problems(&[&CREATED, &CREATED]), Vec::<String>::new());
+
+        let both_declare = problems(&[&CREATED, &LEGACY]);
+        assert_eq!(both_declare.len(), 1, "{both_declare:?}");
+        assert!(
+            both_declare[0].contains("`created`")
+                && both_declare[0].contains("`legacy`")
+                && both_declare[0].contains("\"com.example.orders.created\""),
+            "{both_declare:?}"
+        );
+
+        let declares_anothers_own = problems(&[&SHIPPED, &CREATED]);
+        assert_eq!(declares_anothers_own.len(), 1, "{declares_anothers_own:?}");
+        assert!(
+            declares_anothers_own[0].contains("\"order.created.v1\""),
+            "{declares_anothers_own:?}"
+        );
+
+        let config = Config::default();
+        let err = Topology::plan(&config, "svc", &[], &[&CREATED, &LEGACY]).unwrap_err();
+        assert!(
+            err.to_string().contains("both claim CloudEvents type"),
+            "{err}"
+        );
     }
 }

@@ -138,6 +138,7 @@ fn event_constants() {
             version: 2,
             subject_pattern: "order.*.shipped",
             cloud_type: "order.shipped.v2",
+            foreign_type: None,
             rust_type: "OrderShipped",
         }]
     );

@@ -273,6 +273,9 @@ pub(crate) struct Container {
     pub(crate) name: Option<Given<String>>,
     /// `version = 2`.
     pub(crate) version: Option<Given<u32>>,
+    /// `cloud_type = "com.example.orders.created"`: the CloudEvents type other producers use,
+    /// checked for the characters the CloudEvents spec allows.
+    pub(crate) cloud_type: Option<Given<String>>,
     /// `aggregate_id` written on the type (it belongs on a field).
     pub(crate) aggregate_id: Option<Span>,
     /// The first `#[event(...)]` attribute, to point at when a key is missing.
@@ -289,6 +292,7 @@ impl Container {
         let mut aggregate = Attr::none(cx, EVENT_WHAT, AGGREGATE);
         let mut name = Attr::none(cx, EVENT_WHAT, NAME);
         let mut version = Attr::none(cx, EVENT_WHAT, VERSION);
+        let mut cloud_type = Attr::none(cx, EVENT_WHAT, CLOUD_TYPE);
         let mut aggregate_id = Attr::none(cx, EVENT_WHAT, AGGREGATE_ID);
         let mut first_attr = None;
         let mut incomplete = false;
@@ -314,6 +318,9 @@ impl Container {
                         lit_positive::<u32>(cx, &v, VERSION, "4294967295").map(|n| (n, v.span()))
                     });
                     version.set(&meta.path, v);
+                } else if meta.path == CLOUD_TYPE {
+                    let v = value_of(cx, &meta, "cloud_type = \"com.example.orders.created\"")?;
+                    cloud_type.set(&meta.path, v.and_then(|v| cloud_type_value(cx, &v)));
                 } else if meta.path == AGGREGATE_ID {
                     no_value(cx, &meta, "#[event(aggregate_id)]")?;
                     aggregate_id.set(&meta.path, Some(((), meta.path.span())));
@@ -321,7 +328,11 @@ impl Container {
                     skip_value(&meta)?;
                     cx.error_spanned_by(
                         &meta.path,
-                        unknown_key(EVENT_WHAT, &meta.path, &[AGGREGATE, NAME, VERSION]),
+                        unknown_key(
+                            EVENT_WHAT,
+                            &meta.path,
+                            &[AGGREGATE, NAME, VERSION, CLOUD_TYPE],
+                        ),
                     );
                 }
                 Ok(())
@@ -335,6 +346,7 @@ impl Container {
             aggregate.seen(),
             name.seen(),
             version.seen(),
+            cloud_type.seen(),
             aggregate_id.seen(),
         ]
         .into_iter()
@@ -346,6 +358,7 @@ impl Container {
             aggregate: aggregate.get(),
             name: name.get(),
             version: version.get(),
+            cloud_type: cloud_type.get(),
             aggregate_id: aggregate_id.get().map(|g| g.key),
             first_attr,
         }
@@ -368,6 +381,33 @@ fn name_token(cx: &Ctxt, expr: &Expr, key: Symbol, what: &str) -> Option<(String
     }
 }
 
+/// A string literal that is a CloudEvents type: not empty, and only characters the CloudEvents
+/// spec allows in a string (no control characters U+0000-U+001F and U+007F-U+009F, no
+/// noncharacters).
+fn cloud_type_value(cx: &Ctxt, expr: &Expr) -> Option<(String, Span)> {
+    let s = lit_str(cx, expr, &format!("{CLOUD_TYPE} = \"...\""))?;
+    let v = s.value();
+    let bad = v.chars().find(|&c| {
+        let n = u32::from(c);
+        c.is_control() || (0xFDD0..=0xFDEF).contains(&n) || n & 0xFFFE == 0xFFFE
+    });
+    let why = if v.is_empty() {
+        "it is empty".to_owned()
+    } else if let Some(c) = bad {
+        format!("it contains {c:?}, which the CloudEvents spec does not allow in a string")
+    } else {
+        return Some((v, s.span()));
+    };
+    cx.error_spanned_by(
+        &s,
+        format!(
+            "invalid cloud_type {v:?}: {why}; give the `ce-type` other producers write, \
+             e.g. \"com.example.orders.created\""
+        ),
+    );
+    None
+}
+
 /// `#[event(aggregate_id)]` on a field: the span of `aggregate_id`, if present.
 pub(crate) fn field_aggregate_id(cx: &Ctxt, attrs: &[Attribute]) -> Option<Span> {
     let mut aggregate_id = Attr::none(cx, EVENT_WHAT, AGGREGATE_ID);
@@ -378,7 +418,11 @@ pub(crate) fn field_aggregate_id(cx: &Ctxt, attrs: &[Attribute]) -> Option<Span>
                 aggregate_id.set(&meta.path, Some(((), meta.path.span())));
             } else {
                 skip_value(&meta)?;
-                let msg = if meta.path == AGGREGATE || meta.path == NAME || meta.path == VERSION {
+                let msg = if meta.path == AGGREGATE
+                    || meta.path == NAME
+                    || meta.path == VERSION
+                    || meta.path == CLOUD_TYPE
+                {
                     format!(
                         "`{}` belongs on the type, not on a field; the only field attribute is `aggregate_id`",
                         path_text(&meta.path)

@@ -61,6 +61,12 @@ pub(crate) fn check_container(cx: &Ctxt, cont: &Container<'_>) {
                     format!("`version` {not_here} `#[event(version = ...)]`"),
                 );
             }
+            if let Some(cloud_type) = &attrs.cloud_type {
+                cx.error_at(
+                    cloud_type.key,
+                    format!("`cloud_type` {not_here} `#[event(cloud_type = \"...\")]`"),
+                );
+            }
             if let Some(span) = attrs.aggregate_id {
                 cx.error_at(
                     span,

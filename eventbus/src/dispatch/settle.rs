@@ -67,7 +67,7 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
         let explicit = plan.ack == AckPolicy::Explicit;
         // The headers move into the metadata: no copy per event.
         let headers = msg.take_headers();
-        let meta = match Metadata::from_owned(msg.subject(), headers) {
+        let meta = match Metadata::from_owned(msg.subject(), headers, msg.payload()) {
             Ok(mut m) => {
                 if m.id.is_empty() {
                     m.id = format!("{}:{stream_sequence}", w.stream);
