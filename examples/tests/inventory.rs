@@ -160,3 +160,55 @@ async fn the_projection_applies_a_redelivered_event_once() {
     let level = db.level("bolt").await.unwrap().unwrap();
     assert_eq!((level.on_hand, level.reserved), (5, 0));
 }
+
+/// The service's handlers with their real SQLite read model on a `TestBus`, with the clock
+/// running (a paused clock would stop the pool's own timers): `wait_idle` waits for the work.
+#[tokio::test]
+async fn the_handlers_with_a_real_database_on_a_test_bus() {
+    use eventbus::testing::{Outcome, TestBus};
+    use eventbus_examples::inventory::{OrderConfirmed, OrderEvent};
+
+    let db = ReadModel::open("sqlite::memory:").await.unwrap();
+    let url = format!("memory://inventory-testbus-{}", std::process::id());
+    let bus = TestBus::from_builder(
+        TestBus::builder(&url)
+            .only_handlers(HANDLERS)
+            .state(db.clone()),
+    )
+    .await
+    .unwrap();
+    bus.append(
+        "gear",
+        0,
+        &[SkuEvent::Added(StockAdded {
+            sku: "gear".into(),
+            qty: 4,
+        })],
+    )
+    .await
+    .unwrap();
+    bus.publish(&OrderPlaced {
+        order: "g1".into(),
+        sku: "gear".into(),
+        qty: 4,
+    })
+    .await
+    .unwrap();
+    bus.wait_idle().await;
+
+    assert!(bus
+        .handled("reserve_stock")
+        .iter()
+        .all(|h| h.outcome == Outcome::Acked));
+    let level = db.level("gear").await.unwrap().unwrap();
+    assert_eq!((level.on_hand, level.reserved), (4, 4));
+    let order = bus.read::<OrderEvent>("g1").collect().await.unwrap();
+    assert!(
+        matches!(
+            order.last().map(|r| &r.event),
+            Some(OrderEvent::Confirmed(OrderConfirmed { .. }))
+        ),
+        "{order:?}"
+    );
+    bus.shutdown().await.unwrap();
+}
