@@ -224,17 +224,6 @@ impl EventContext {
         aggregate::append(self.publisher()?, id, expected_version, events, &chain).await
     }
 
-    /// Appends events to aggregate `id` if it is still at `version` (see
-    /// [`EventContext::append`]).
-    pub async fn save<E: EventSet>(
-        &self,
-        id: &str,
-        version: u64,
-        events: &[E],
-    ) -> Result<Appended, Error> {
-        self.append(id, version, events).await
-    }
-
     /// Loads an aggregate (see `Bus::load`).
     pub async fn load<A: Aggregate>(&self, id: impl Into<String>) -> Result<Loaded<A>, Error> {
         aggregate::load(self.publisher()?.backend(), id.into()).await
