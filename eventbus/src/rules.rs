@@ -127,13 +127,25 @@ pub(crate) const fn is_name_token(s: &str) -> bool {
     name_problem(s).is_none()
 }
 
-/// Why an aggregate id is refused, if it is: empty, or holding `.`, `*`, `>`, white space or
-/// a control character.
+/// The longest aggregate id, in bytes. A subject travels on the publish's control line, which
+/// nats-server limits to 4 KiB (`max_control_line`) with the reply inbox and the sizes: a longer
+/// line closes the connection, and the event could never be stored. 1 KiB leaves room for the
+/// aggregate and event names.
+#[allow(dead_code)] // used by the runtime; the derive crate compiles it too
+pub(crate) const MAX_AGGREGATE_ID_BYTES: usize = 1024;
+
+/// Why an aggregate id is refused, if it is: empty, longer than [`MAX_AGGREGATE_ID_BYTES`], or
+/// holding `.`, `*`, `>`, white space or a control character.
 #[allow(dead_code)] // used by the runtime; the derive crate compiles it too
 pub(crate) const fn aggregate_id_problem(id: &str) -> Option<&'static str> {
     let b = id.as_bytes();
     if b.is_empty() {
         return Some("it is empty");
+    }
+    if b.len() > MAX_AGGREGATE_ID_BYTES {
+        return Some(
+            "it is longer than 1024 bytes (with the rest of the subject it must fit the server's 4 KiB control line)",
+        );
     }
     let mut i = 0;
     while i < b.len() {
@@ -346,6 +358,18 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aggregate_ids_have_a_length_limit() {
+        assert_eq!(
+            aggregate_id_problem(&"a".repeat(MAX_AGGREGATE_ID_BYTES)),
+            None
+        );
+        let long = aggregate_id_problem(&"a".repeat(MAX_AGGREGATE_ID_BYTES + 1)).unwrap();
+        assert!(long.contains("1024 bytes"), "{long}");
+        // Bytes, not characters: 342 three-byte characters are 1026 bytes.
+        assert!(aggregate_id_problem(&"€".repeat(342)).is_some());
+    }
 
     #[test]
     fn characters_are_those_of_unicode() {

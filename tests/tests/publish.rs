@@ -237,6 +237,63 @@ async fn an_invalid_aggregate_id_is_refused_and_nothing_is_stored() {
     bus.shutdown().await.unwrap();
 }
 
+/// Ids the client could never send, refused before any send: Unicode white space (the client
+/// splits protocol lines on it, so each delivery would break the connection) and ids over 1 KiB
+/// (the publish line would pass the server's 4 KiB control-line limit, and the server would
+/// close the connection on every attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_with_unicode_white_space_or_over_the_length_limit_are_refused_at_once() {
+    let server = NatsServer::start().await;
+    let bus = publisher(&server).await;
+    let probe = Probe::new(&server).await;
+    let too_long = "x".repeat(5000);
+    for bad in [
+        "a\u{a0}b",
+        "a\u{3000}b",
+        "a\u{2028}b",
+        "a\u{85}b",
+        too_long.as_str(),
+    ] {
+        let started = Instant::now();
+        let err = bus
+            .publish(&BadIdPlaced { id: bad.into() })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidAggregateId, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once, not after timeouts: {:?}",
+            started.elapsed()
+        );
+        let results = bus.publish_all(&[BadIdPlaced { id: bad.into() }]).await;
+        let err = results[0].as_ref().expect_err("refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidAggregateId, "{err}");
+    }
+    assert!(bus
+        .publish(&BadIdPlaced {
+            id: too_long.clone()
+        })
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("longer than 1024 bytes"));
+    // The longest id allowed is stored, and the connection is still there.
+    let longest = bus
+        .publish(&BadIdPlaced {
+            id: "y".repeat(1024),
+        })
+        .await
+        .unwrap();
+    assert_eq!(longest.sequence, 1);
+    assert_eq!(bus.connection_state(), eventbus::ConnectionState::Connected);
+    assert_eq!(
+        probe.count("PUB_BADID").await,
+        1,
+        "only the longest allowed id"
+    );
+    bus.shutdown().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. a subject no stream covers: a typed error at once, not a silent loss
 // ---------------------------------------------------------------------------------------------
