@@ -89,7 +89,9 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     source: Option<BoxError>,
-    conflict: Option<Conflict>,
+    /// Boxed: rare, and an error is returned on every path.
+    conflict: Option<Box<Conflict>>,
+    event_id: Option<String>,
 }
 
 /// The details of a version conflict ([`ErrorKind::Conflict`]).
@@ -113,7 +115,21 @@ impl Error {
             message: message.into(),
             source: None,
             conflict: None,
+            event_id: None,
         }
+    }
+
+    /// The same error, about the event with id `id`.
+    pub(crate) fn with_event_id(mut self, id: &str) -> Self {
+        self.event_id = Some(id.to_owned());
+        self
+    }
+
+    /// The id of the event a publish failed for (`ce-id`, `Nats-Msg-Id`), when it has one:
+    /// publish it again with this id ([`crate::PublishOptions::id`]) and the server keeps one
+    /// copy, whether or not the failed attempt was stored.
+    pub fn event_id(&self) -> Option<&str> {
+        self.event_id.as_deref()
     }
 
     /// The same error with a cause.
@@ -138,13 +154,14 @@ impl Error {
             kind: ErrorKind::Conflict,
             message,
             source,
-            conflict: Some(conflict),
+            conflict: Some(Box::new(conflict)),
+            event_id: None,
         }
     }
 
     /// For a [`ErrorKind::Conflict`]: the expected and the actual version.
     pub fn conflict(&self) -> Option<&Conflict> {
-        self.conflict.as_ref()
+        self.conflict.as_deref()
     }
 
     /// What kind of failure this is.
@@ -170,6 +187,9 @@ impl fmt::Debug for Error {
         d.field("kind", &self.kind).field("message", &self.message);
         if let Some(c) = &self.conflict {
             d.field("conflict", c);
+        }
+        if let Some(id) = &self.event_id {
+            d.field("event_id", id);
         }
         if let Some(s) = &self.source {
             d.field("source", s);

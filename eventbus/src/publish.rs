@@ -53,6 +53,33 @@ pub struct Published {
     pub id: String,
 }
 
+/// No option set: what `publish` and `publish_all` use.
+pub(crate) static NO_OPTIONS: PublishOptions = PublishOptions {
+    id: None,
+    headers: None,
+    correlation_id: None,
+    causation_id: None,
+};
+
+/// An event of `publish_all`, with no option of its own. A function rather than a closure: a
+/// closure's lifetimes would keep the future of `publish_all` from being `Send` for every
+/// lifetime, so it could not be spawned.
+fn without_options<E>(event: &E) -> (&E, &PublishOptions) {
+    (event, &NO_OPTIONS)
+}
+
+/// The encoding of an event published by `source` with `options`.
+fn encode_options<'o>(source: &'o str, options: &'o PublishOptions) -> EncodeOptions<'o> {
+    EncodeOptions {
+        source,
+        id: options.id.as_deref(),
+        correlation_id: options.correlation_id.as_deref(),
+        causation_id: options.causation_id.as_deref(),
+        traceparent: None,
+        extra_headers: options.headers.as_ref(),
+    }
+}
+
 /// The publishing side of a bus: where events go, who publishes them, and the retry policy
 /// (`publish_attempts` × `publish_timeout`). Cheap to clone; a handler's context holds one, so
 /// a handler can publish without holding the whole bus.
@@ -104,14 +131,7 @@ impl Publisher {
         event: &E,
         options: &PublishOptions,
     ) -> Result<Published, Error> {
-        let mut opts = EncodeOptions {
-            source: &self.inner.service,
-            id: options.id.as_deref(),
-            correlation_id: options.correlation_id.as_deref(),
-            causation_id: options.causation_id.as_deref(),
-            traceparent: None,
-            extra_headers: options.headers.as_ref(),
-        };
+        let mut opts = encode_options(&self.inner.service, options);
         let encoded = encode(event, &opts)?;
         let span = tracing::debug_span!(target: "eventbus::publish", "publish", subject = %encoded.subject, id = %encoded.id);
         // A retry sends the same headers, made again from the same id and time.
@@ -123,7 +143,7 @@ impl Publisher {
             .instrument(span)
             .await
             .map(|ack| published(ack, encoded.id.clone()))
-            .map_err(|e| publish_error(subject, e))
+            .map_err(|e| publish_error(subject, e).with_event_id(&encoded.id))
     }
 
     /// Publishes a message as it is (see `Bus::publish_raw`).
@@ -139,8 +159,8 @@ impl Publisher {
             .unwrap_or_default();
         self.send_acked(subject, headers, payload)
             .await
+            .map_err(|e| publish_error(subject, e).with_event_id(&id))
             .map(|ack| published(ack, id))
-            .map_err(|e| publish_error(subject, e))
     }
 
     /// Publishes and waits for the acknowledgement, sending again with the same headers (so
@@ -324,6 +344,20 @@ impl Publisher {
         E: EventSet + 'a,
         I: IntoIterator<Item = &'a E>,
     {
+        self.publish_all_with(events.into_iter().map(without_options))
+            .await
+    }
+
+    /// [`Publisher::publish_all`] with each event's own options (an id, headers, a chain): a
+    /// retry, and a publish sent again by the caller, use the same.
+    pub(crate) async fn publish_all_with<'a, E, I>(
+        &self,
+        events: I,
+    ) -> Vec<Result<Published, Error>>
+    where
+        E: EventSet + 'a,
+        I: IntoIterator<Item = (&'a E, &'a PublishOptions)>,
+    {
         let events = events.into_iter();
         let mut run = PublishAll {
             publisher: self,
@@ -333,22 +367,18 @@ impl Publisher {
             stopped: None,
             stream_exists: None,
         };
-        let options = EncodeOptions {
-            source: self.service(),
-            ..Default::default()
-        };
-        for (index, event) in events.enumerate() {
+        for (index, (event, options)) in events.enumerate() {
             run.out.push(None);
             // A publish sent again stays in the window: settle until there is room.
             while run.window.len() >= PIPELINE_WINDOW {
                 run.settle_front().await;
             }
             if let Some(why) = &run.stopped {
-                run.out[index] = Some(Err(not_sent(event, why)));
+                run.out[index] = Some(Err(not_sent(event, options, why)));
                 continue;
             }
-            match encode(event, &options) {
-                Ok(m) => run.send(index, event, m, 1).await,
+            match encode(event, &encode_options(self.service(), options)) {
+                Ok(m) => run.send(index, event, options, m, 1).await,
                 Err(e) => run.out[index] = Some(Err(e)),
             }
         }
@@ -367,6 +397,7 @@ impl Publisher {
 struct Sent<'a, E> {
     index: usize,
     event: &'a E,
+    options: &'a PublishOptions,
     id: String,
     time: time::OffsetDateTime,
     /// Which attempt this is, from 1.
@@ -399,7 +430,14 @@ struct PublishAll<'b, 'a, E> {
 }
 
 impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
-    async fn send(&mut self, index: usize, event: &'a E, m: EncodedEvent, attempt: u32) {
+    async fn send(
+        &mut self,
+        index: usize,
+        event: &'a E,
+        options: &'a PublishOptions,
+        m: EncodedEvent,
+        attempt: u32,
+    ) {
         let ack = self
             .publisher
             .backend()
@@ -409,6 +447,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             sent: Sent {
                 index,
                 event,
+                options,
                 id: m.id,
                 time: m.time,
                 attempt,
@@ -465,7 +504,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         if !retryable(&e.kind()) {
             // The server answered: it is there.
             self.last_progress = Instant::now();
-            self.out[f.index] = Some(Err(publish_error(&subject, e)));
+            self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
             return;
         }
         if self.stopped.is_none() {
@@ -486,7 +525,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             }
         }
         if self.stopped.is_some() {
-            self.out[f.index] = Some(Err(publish_error(&subject, e)));
+            self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
             return;
         }
         self.send_again(f, &e).await;
@@ -506,15 +545,13 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
 
     /// Sends a publish again, encoded with its first id and time, at the back of the window.
     async fn send_again(&mut self, f: Sent<'a, E>, e: &PublishError) {
-        let options = EncodeOptions {
-            source: self.publisher.service(),
-            id: Some(&f.id),
-            ..Default::default()
-        };
+        let mut options = encode_options(self.publisher.service(), f.options);
+        options.id = Some(&f.id);
         match encode_at(f.event, &options, Some(f.time)) {
             Ok(m) => {
                 tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.attempt, error = %e, "publish not acknowledged; sending again with the same id");
-                self.send(f.index, f.event, m, f.attempt + 1).await;
+                self.send(f.index, f.event, f.options, m, f.attempt + 1)
+                    .await;
             }
             Err(encode_error) => self.out[f.index] = Some(Err(encode_error)),
         }
@@ -522,13 +559,19 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
 }
 
 /// The error of an event that `publish_all` did not send, having stopped.
-fn not_sent<E: EventSet>(event: &E, why: &str) -> Error {
+/// The error of an event that `publish_all` did not send, having stopped. It carries the id
+/// the caller gave, if any (an event not sent has no other).
+fn not_sent<E: EventSet>(event: &E, options: &PublishOptions, why: &str) -> Error {
     let subject = event
         .event_subject()
         .map(|s| s.into_string())
         .unwrap_or_default();
-    Error::new(
+    let e = Error::new(
         ErrorKind::NotSent,
         format!("event on `{subject}` was not sent, so it is not stored: publish_all stopped sending because {why}"),
-    )
+    );
+    match &options.id {
+        Some(id) => e.with_event_id(id),
+        None => e,
+    }
 }

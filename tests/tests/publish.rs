@@ -740,6 +740,115 @@ async fn publish_all_stops_on_a_silent_server_and_says_which_events_were_not_sen
     bus.shutdown().await.unwrap();
 }
 
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_resend", name = "placed")]
+struct ResendPlaced {
+    #[event(aggregate_id)]
+    id: String,
+    n: usize,
+}
+
+/// What a silent server leaves unresolved can be resolved: every error of `publish_all` carries
+/// its event's id, and `publish_all_with` sends the events again with those ids, so the server
+/// keeps one copy of each, whether or not the first attempt was stored (issue 15, item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_publish_all_could_not_confirm_are_sent_again_with_their_ids_and_stored_once() {
+    let server = NatsServer::start().await;
+    let bus = publisher_waiting(&server, Duration::from_millis(300), 3).await;
+    bus.publish(&ResendPlaced {
+        id: "marker".into(),
+        n: 0,
+    })
+    .await
+    .unwrap();
+    let events: Vec<ResendPlaced> = (1..=3000)
+        .map(|n| ResendPlaced {
+            id: format!("r{}", n % 5),
+            n,
+        })
+        .collect();
+    let options: Vec<PublishOptions> = events
+        .iter()
+        .map(|e| PublishOptions {
+            id: Some(format!("resend-{}", e.n)),
+            correlation_id: Some("batch-1".into()),
+            ..Default::default()
+        })
+        .collect();
+
+    let pid = server.pid().expect("running");
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    let results = tokio::time::timeout(TIMEOUT, bus.publish_all_with(events.iter().zip(&options)))
+        .await
+        .expect("publish_all_with returns while the server is silent");
+    let mut unresolved = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        let e = r
+            .as_ref()
+            .expect_err("nothing is acknowledged by a silent server");
+        assert!(
+            matches!(e.kind(), ErrorKind::Timeout | ErrorKind::NotSent),
+            "{e}"
+        );
+        assert_eq!(e.event_id(), options[i].id.as_deref(), "{e:?}");
+        unresolved.push(i);
+    }
+    signal(pid, "CONT");
+    drop(resume);
+
+    // Sent again with the ids the errors name: each event ends up stored once.
+    let again: Vec<(&ResendPlaced, PublishOptions)> = unresolved
+        .iter()
+        .map(|&i| {
+            let id = results[i]
+                .as_ref()
+                .unwrap_err()
+                .event_id()
+                .unwrap()
+                .to_owned();
+            (
+                &events[i],
+                PublishOptions {
+                    id: Some(id),
+                    correlation_id: Some("batch-1".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let results = tokio::time::timeout(
+        TIMEOUT,
+        bus.publish_all_with(again.iter().map(|(e, o)| (*e, o))),
+    )
+    .await
+    .expect("the server answers again");
+    let duplicates = results
+        .iter()
+        .map(|r| r.as_ref().expect("stored"))
+        .filter(|p| p.duplicate)
+        .count();
+    let stored = Probe::new(&server).await.all("PUB_RESEND").await;
+    let mut copies = std::collections::HashMap::new();
+    for m in &stored[1..] {
+        let body: ResendPlaced = serde_json::from_slice(&m.payload).unwrap();
+        *copies.entry(body.n).or_insert(0) += 1;
+        let headers = &m.headers;
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()),
+            Some(format!("resend-{}", body.n))
+        );
+        assert_eq!(
+            headers.get("ce-correlationid").map(|v| v.as_str()),
+            Some("batch-1")
+        );
+    }
+    assert_eq!(copies.len(), events.len(), "every event is stored");
+    assert!(copies.values().all(|c| *c == 1), "each once");
+    println!("{duplicates} of the events sent again had been stored by the first attempt");
+    bus.shutdown().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. publish_all reports each outcome, in order
 // ---------------------------------------------------------------------------------------------

@@ -222,8 +222,8 @@ impl Bus {
     /// waits for what is under way, and returns within about one more `publish_timeout`. Then:
     ///
     /// - an event sent but not acknowledged has an [`ErrorKind::Timeout`] error: it may or may
-    ///   not be stored (publish it again with the same id, [`PublishOptions::id`], to be sure
-    ///   of one copy);
+    ///   not be stored (publish it again with the same id, [`Error::event_id`], through
+    ///   [`Bus::publish_all_with`] or [`PublishOptions::id`], to be sure of one copy);
     /// - an event not sent at all has an [`ErrorKind::NotSent`] error that says so: it is not
     ///   stored.
     ///
@@ -235,6 +235,20 @@ impl Bus {
         I: IntoIterator<Item = &'a E>,
     {
         self.inner.publisher.publish_all(events).await
+    }
+
+    /// [`Bus::publish_all`] with each event's own options: an id of the caller's (to publish
+    /// again, with the same ids, what an earlier `publish_all` could not confirm: the server
+    /// keeps one copy of each), headers, a correlation or causation.
+    ///
+    /// Every error of a publish carries the event's id ([`Error::event_id`]): the given one, or
+    /// the one eventbus made for an event that was sent.
+    pub async fn publish_all_with<'a, E, I>(&self, events: I) -> Vec<Result<Published, Error>>
+    where
+        E: EventSet + 'a,
+        I: IntoIterator<Item = (&'a E, &'a PublishOptions)>,
+    {
+        self.inner.publisher.publish_all_with(events).await
     }
 
     /// Reads the events of aggregate `id` in order, from the start, to the last one stored
