@@ -28,6 +28,10 @@ pub mod dlq_headers {
     pub const CONSUMER: &str = "eventbus-dlq-consumer";
     /// How many times it was delivered.
     pub const DELIVERIES: &str = "eventbus-deliveries";
+    /// Set (to the body's size in bytes) when the dead letter keeps no body: with the
+    /// dead-letter headers the event was over the server's max payload. The body is the
+    /// original's, in its stream at its sequence, as long as the stream keeps it.
+    pub const BODY_OMITTED: &str = "eventbus-dlq-body-omitted";
 }
 
 /// Why an event was dead-lettered.
@@ -88,6 +92,11 @@ fn header_text(s: &str) -> String {
 /// Stores an event in the dead-letter stream, on `dlq.{consumer}`, with its original body and
 /// headers (less the server's own) plus the `eventbus-*` ones. Its `Nats-Msg-Id` is made of
 /// the consumer, the stream and the sequence, so a dead letter stored twice is kept once.
+///
+/// An event that the dead-letter headers push over the server's max payload is stored as a
+/// reference: the headers without the body, marked [`dlq_headers::BODY_OMITTED`]; the
+/// original stays in its stream (stream and sequence in the headers), where republishing
+/// takes the body from. So no event is lost for being too large to dead-letter.
 pub(crate) async fn store(publisher: &Publisher, dead: &Given<'_>) -> Result<(), Error> {
     // The original headers, less the server's own (`Nats-Msg-Id` is set anew below).
     let mut h = headers_without(dead.headers, |n| n.starts_with("Nats-"));
@@ -101,11 +110,22 @@ pub(crate) async fn store(publisher: &Publisher, dead: &Given<'_>) -> Result<(),
     let id = format!("dlq-{}-{}-{}", dead.consumer, dead.stream, dead.sequence);
     h.insert(headers::MSG_ID, id.as_str());
     let subject = format!("dlq.{}", dead.consumer);
-    publisher
-        .send_acked(&subject, h, dead.payload.clone())
+    let whole = publisher
+        .send_acked(&subject, h.clone(), dead.payload.clone())
         .await
-        .map(|_| ())
-        .map_err(|e| publish_error(&subject, e))
+        .map_err(|e| publish_error(&subject, e));
+    match whole {
+        Err(e) if e.kind() == ErrorKind::TooLarge => {
+            tracing::warn!(target: "eventbus::dlq", %subject, bytes = dead.payload.len(), "dead letter over the max payload: stored without its body, as a reference to the original");
+            h.insert(dlq_headers::BODY_OMITTED, dead.payload.len().to_string());
+            publisher
+                .send_acked(&subject, h, Bytes::new())
+                .await
+                .map(|_| ())
+                .map_err(|e| publish_error(&subject, e))
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// One dead-lettered event.
@@ -132,8 +152,11 @@ pub struct DeadLetter {
     pub time: OffsetDateTime,
     /// Its headers: the original ones plus the `eventbus-*` ones.
     pub headers: HeaderMap,
-    /// Its original body.
+    /// Its original body (empty when [`DeadLetter::body_omitted`]).
     pub payload: Bytes,
+    /// The size of the body not kept, when the dead letter was stored without it (it was over
+    /// the server's max payload): the body is the original's, in its stream.
+    pub body_omitted: Option<u64>,
 }
 
 fn header(h: &HeaderMap, name: &str) -> String {
@@ -183,6 +206,9 @@ fn dead_letter(m: Stored) -> DeadLetter {
             .unwrap_or(0),
         deliveries: header(h, dlq_headers::DELIVERIES).parse().unwrap_or(0),
         time: m.time,
+        body_omitted: h
+            .get(dlq_headers::BODY_OMITTED)
+            .and_then(|v| v.as_str().parse().ok()),
         headers: m.headers,
         payload: m.payload,
     }
@@ -239,7 +265,12 @@ pub(crate) async fn republish(publisher: &Publisher, sequence: u64) -> Result<Pu
         header(&m.headers, dlq_headers::ORIGINAL_SEQUENCE)
     );
     h.insert(headers::REPUBLISHED_FROM, origin.as_str());
-    let published = publisher.publish_raw(&subject, h, m.payload).await?;
+    let payload = if m.headers.get(dlq_headers::BODY_OMITTED).is_some() {
+        original_body(publisher, &m.headers, sequence).await?
+    } else {
+        m.payload
+    };
+    let published = publisher.publish_raw(&subject, h, payload).await?;
     publisher.backend().delete_message(&name, sequence).await.map_err(|e| {
             Error::new(
                 ErrorKind::Refused,
@@ -248,4 +279,27 @@ pub(crate) async fn republish(publisher: &Publisher, sequence: u64) -> Result<Pu
             .with_source(e)
         })?;
     Ok(published)
+}
+
+/// The body of the original of dead letter `sequence`, kept as a reference: from its stream.
+async fn original_body(
+    publisher: &Publisher,
+    dead: &HeaderMap,
+    sequence: u64,
+) -> Result<Bytes, Error> {
+    let stream = header(dead, dlq_headers::ORIGINAL_STREAM);
+    let original = header(dead, dlq_headers::ORIGINAL_SEQUENCE);
+    let gone = || {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("dead letter {sequence} keeps no body (it was over the max payload), and its original, message {original} of `{stream}`, is gone"),
+        )
+    };
+    let seq: u64 = original.parse().map_err(|_| gone())?;
+    publisher
+        .backend()
+        .get(&stream, seq)
+        .await
+        .map(|m| m.payload)
+        .map_err(|e| gone().with_source(e))
 }

@@ -325,3 +325,67 @@ async fn without_a_dead_letter_stream_there_are_no_dead_letters() {
         bus.shutdown().await.unwrap();
     }
 }
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "dlq_big", name = "noted")]
+struct BigNoted {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[event_handler]
+async fn dlq_big(_event: BigNoted) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+/// An event that cannot be decoded and is so large that its dead letter (body plus the
+/// dead-letter headers) would pass the server's max payload is kept as a reference, not lost:
+/// the dead letter holds the headers, says the body was omitted, and republishing takes the
+/// body from the original (issue 15, item 4). Before, storing the dead letter failed, the event
+/// was retried until the server's max deliver, and it left the stream neither handled nor
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_over_the_max_payload_is_kept_as_a_reference_to_the_original() {
+    let server = NatsServer::builder()
+        .config("max_payload: 4096")
+        .start()
+        .await;
+    let bus = eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("dlq-big")
+        .only_handlers(["dlq_big"])
+        .start()
+        .await
+        .unwrap();
+    let probe = Probe::new(&server).await;
+    // Not JSON, and near the max payload: a foreign producer's message.
+    let body: &'static [u8] = Box::leak(vec![b'x'; 3900].into_boxed_slice());
+    let original = probe
+        .publish_raw("dlq_big.b1.noted", HeaderMap::new(), body)
+        .await;
+
+    let dead = wait_for(TIMEOUT, "the event is dead-lettered", || async {
+        bus.dead_letters(Some("dlq-big-dlq_big"))
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(dead.reason, "undecodable");
+    assert_eq!(dead.body_omitted, Some(3900));
+    assert!(dead.payload.is_empty());
+    assert_eq!(
+        (dead.original_stream.as_str(), dead.original_sequence),
+        ("DLQ_BIG", original)
+    );
+    let info = probe.settled(TIMEOUT, "DLQ_BIG", "dlq-big-dlq_big").await;
+    assert_eq!(info.num_ack_pending, 0, "terminated, not retried");
+
+    // Republished, it carries the original's body again.
+    let republished = bus.republish_dead_letter(dead.sequence).await.unwrap();
+    let copy = probe.stored("DLQ_BIG", republished.sequence).await;
+    assert_eq!(copy.payload.len(), 3900);
+    bus.shutdown().await.unwrap();
+}
