@@ -192,3 +192,56 @@ async fn a_test_bus_reads_an_aggregate_and_drops_duplicates() {
     );
     bus.shutdown().await.expect("shutdown");
 }
+
+#[event_handler]
+async fn tst_record(_event: ParcelSent) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+/// What the test bus records names each delivery's event id however the producer wrote it:
+/// `ce-id` in another case, or inside a structured-mode CloudEvent.
+#[tokio::test]
+async fn the_recorded_event_id_is_the_events_in_any_mode() {
+    let bus = TestBus::start(["tst_record"]).await.expect("test bus");
+    let mut binary = eventbus::HeaderMap::new();
+    binary.insert("Ce-Id", "bin-1");
+    binary.insert("Ce-Specversion", "1.0");
+    binary.insert("Content-Type", "application/json");
+    bus.publish_raw(
+        "tst_parcel.p8.sent",
+        binary,
+        br#"{"parcel_id":"p8","grams":1}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    let mut structured = eventbus::HeaderMap::new();
+    structured.insert("content-type", "application/cloudevents+json");
+    let envelope = serde_json::json!({
+        "specversion": "1.0",
+        "id": "struct-1",
+        "source": "/elsewhere",
+        "type": "tst_parcel.sent.v1",
+        "data": {"parcel_id": "p9", "grams": 2}
+    });
+    bus.publish_raw(
+        "tst_parcel.p9.sent",
+        structured,
+        serde_json::to_vec(&envelope).unwrap(),
+    )
+    .await
+    .unwrap();
+    bus.wait_idle().await;
+    let mut ids: Vec<(String, Option<String>)> = bus
+        .handled("tst_record")
+        .into_iter()
+        .map(|h| (h.aggregate_id, h.event_id))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            ("p8".to_owned(), Some("bin-1".to_owned())),
+            ("p9".to_owned(), Some("struct-1".to_owned()))
+        ]
+    );
+}

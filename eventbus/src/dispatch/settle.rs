@@ -25,10 +25,23 @@ enum Outcome {
     Dead(DeadReason, String),
 }
 
+/// The id a message carries in its headers (`ce-id` in any case, else `Nats-Msg-Id`), for a
+/// message whose metadata could not be read.
+fn header_id(headers: &HeaderMap) -> Option<&str> {
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.first())
+            .map(|v| v.as_str())
+    };
+    find(headers::ID).or_else(|| find(headers::MSG_ID))
+}
+
 fn observe(
     w: &Worker,
     msg: &Incoming,
-    headers: &HeaderMap,
+    event_id: Option<&str>,
     seq: u64,
     attempt: u64,
     settlement: Settlement,
@@ -37,7 +50,7 @@ fn observe(
     o.settled(Settled {
         handler: &w.plan.handler,
         subject: msg.subject(),
-        event_id: headers.get(headers::ID).map(|v| v.as_str()),
+        event_id,
         sequence: seq,
         attempt,
         settlement,
@@ -67,9 +80,12 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
         let explicit = plan.ack == AckPolicy::Explicit;
         // The headers move into the metadata: no copy per event.
         let headers = msg.take_headers();
+        // Whether the message carried an id of its own (else it gets one of its stream's).
+        let mut carried_id = true;
         let meta = match Metadata::from_owned(msg.subject(), headers, msg.payload()) {
             Ok(mut m) => {
                 if m.id.is_empty() {
+                    carried_id = false;
                     m.id = format!("{}:{stream_sequence}", w.stream);
                 }
                 Arc::new(m)
@@ -77,16 +93,18 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
             Err(failed) => {
                 let (e, headers) = *failed;
                 let dead = Outcome::Dead(DeadReason::Undecodable, chain(&e));
-                settle(w, &msg, &headers, stream_sequence, delivered, dead).await;
+                let id = header_id(&headers);
+                settle(w, &msg, &headers, id, stream_sequence, delivered, dead).await;
                 return;
             }
         };
+        let event_id = carried_id.then_some(meta.id.as_str());
         if explicit && delivered as i64 > plan.max_deliver {
             let why = format!(
                 "delivered {delivered} times, more than max_deliver {}: the last attempt did not finish",
                 plan.max_deliver
             );
-            settle(w, &msg, &meta.headers, stream_sequence, delivered, Outcome::Dead(DeadReason::MaxDeliver, why)).await;
+            settle(w, &msg, &meta.headers, event_id, stream_sequence, delivered, Outcome::Dead(DeadReason::MaxDeliver, why)).await;
             return;
         }
         let mut attempt = delivered;
@@ -109,12 +127,12 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
                     // Ordered: retry in place so later events of the aggregate wait.
                     let delay = plan.retry_delay(attempt);
                     tracing::warn!(target: "eventbus::dispatch", error = %e, attempt, ?delay, "handler failed; retrying in order");
-                    observe(w, &msg, &meta.headers, stream_sequence, attempt, Settlement::Retried { error: e.to_string() });
+                    observe(w, &msg, event_id, stream_sequence, attempt, Settlement::Retried { error: e.to_string() });
                     keep_while(&msg, plan.ack_wait, tokio::time::sleep(delay)).await;
                     attempt += 1;
                 }
                 other => {
-                    settle(w, &msg, &meta.headers, stream_sequence, attempt, other).await;
+                    settle(w, &msg, &meta.headers, event_id, stream_sequence, attempt, other).await;
                     return;
                 }
             }
@@ -249,6 +267,7 @@ async fn settle(
     w: &Worker,
     msg: &Incoming,
     headers: &HeaderMap,
+    event_id: Option<&str>,
     seq: u64,
     delivered: u64,
     outcome: Outcome,
@@ -266,7 +285,7 @@ async fn settle(
             },
             Action::Leave { .. } => Settlement::Unacknowledged,
         };
-        observe(w, msg, headers, seq, delivered, settlement);
+        observe(w, msg, event_id, seq, delivered, settlement);
     }
     let result = match action {
         Action::Ack => msg.settle(AckKind::Ack).await,
