@@ -111,12 +111,24 @@ async fn three_node_cluster_replicates_an_r3_stream_across_a_member_crash() {
 
     let js = jetstream::new(cluster.connect().await);
     let mut orders = js.create_stream(orders_stream(3)).await.unwrap();
-    let ack = js
-        .publish("orders.created", "order 1".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    // A stream just created reaches the other servers of the cluster a moment later: until the
+    // one this client is connected to knows it, a publish finds no responders.
+    let ack = wait_for(TIMEOUT, "the new stream takes a publish", || {
+        let js = js.clone();
+        async move {
+            match js.publish("orders.created", "order 1".into()).await {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => Some(ack),
+                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                        None
+                    }
+                    Err(e) => panic!("publish to the new stream: {e}"),
+                },
+                Err(e) => panic!("send to the new stream: {e}"),
+            }
+        }
+    })
+    .await;
     assert_eq!(ack.sequence, 1);
     let info = orders.info().await.unwrap();
     let replicas = info.cluster.as_ref().unwrap().replicas.len();
