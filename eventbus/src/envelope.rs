@@ -244,10 +244,9 @@ pub(crate) fn encode_at<E: EventSet>(
         for (name, values) in extra.iter() {
             let n: &str = name.as_ref();
             // Compared as readers compare them: in any case.
-            let lower = n.to_ascii_lowercase();
-            if lower.starts_with("ce-")
-                || lower.eq_ignore_ascii_case(headers::MSG_ID)
-                || lower == headers::CONTENT_TYPE
+            if ce_attribute(n).is_some()
+                || n.eq_ignore_ascii_case(headers::MSG_ID)
+                || n.eq_ignore_ascii_case(headers::CONTENT_TYPE)
             {
                 return Err(Error::new(
                     ErrorKind::Encode,
@@ -384,6 +383,18 @@ struct Found<'a> {
     attributes: Attributes,
 }
 
+/// The attribute a binary-mode header name carries (`ce-id` → `id`, in any case), if it is
+/// one. By bytes: a foreign header name need not be ASCII, and slicing it by `str` index could
+/// fall inside a character.
+fn ce_attribute(name: &str) -> Option<&str> {
+    let b = name.as_bytes();
+    if b.len() > 3 && b[..3].eq_ignore_ascii_case(b"ce-") {
+        name.get(3..)
+    } else {
+        None
+    }
+}
+
 impl<'a> Found<'a> {
     fn of(h: &'a HeaderMap) -> Found<'a> {
         let mut f = Found::default();
@@ -401,20 +412,31 @@ impl<'a> Found<'a> {
             } else if name.eq_ignore_ascii_case(headers::TRACEPARENT) {
                 f.traceparent.get_or_insert(value);
                 continue;
-            } else if name.len() > 3 && name[..3].eq_ignore_ascii_case("ce-") {
+            } else if let Some(attr) = ce_attribute(name) {
                 f.any_ce = true;
                 let a = &mut f.attributes;
-                match name[3..].to_ascii_lowercase().as_str() {
-                    "specversion" => &mut a.specversion,
-                    "id" => &mut a.id,
-                    "source" => &mut a.source,
-                    "type" => &mut a.ty,
-                    "subject" => &mut a.subject,
-                    "time" => &mut a.time,
-                    "datacontenttype" => &mut a.datacontenttype,
-                    "correlationid" => &mut a.correlationid,
-                    "causationid" => &mut a.causationid,
-                    _ => continue,
+                // Compared in place: no lower-cased copy of each name on every delivery.
+                let is = |known: &str| attr.eq_ignore_ascii_case(known);
+                if is("specversion") {
+                    &mut a.specversion
+                } else if is("id") {
+                    &mut a.id
+                } else if is("source") {
+                    &mut a.source
+                } else if is("type") {
+                    &mut a.ty
+                } else if is("subject") {
+                    &mut a.subject
+                } else if is("time") {
+                    &mut a.time
+                } else if is("datacontenttype") {
+                    &mut a.datacontenttype
+                } else if is("correlationid") {
+                    &mut a.correlationid
+                } else if is("causationid") {
+                    &mut a.causationid
+                } else {
+                    continue;
                 }
             } else {
                 continue;
@@ -815,6 +837,21 @@ mod tests {
             h.get(headers::SPECVERSION).map(|v| v.as_str()),
             Some(SPEC_VERSION)
         );
+    }
+
+    #[test]
+    fn ce_header_names_are_matched_in_any_case() {
+        assert_eq!(ce_attribute("Ce-Id"), Some("Id"));
+        assert_eq!(ce_attribute("CE-specversion"), Some("specversion"));
+        assert_eq!(ce_attribute("ce-"), None);
+        assert_eq!(ce_attribute("content-type"), None);
+        // A foreign name whose third byte falls inside a character.
+        assert_eq!(ce_attribute("üü-x"), None);
+        let mut h = HeaderMap::new();
+        h.insert("Ce-Id", "e1");
+        h.insert("CE-SPECVERSION", "1.0");
+        let m = Metadata::from_headers("order.1.created", h).unwrap();
+        assert_eq!(m.id, "e1");
     }
 
     #[test]
