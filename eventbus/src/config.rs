@@ -300,6 +300,12 @@ pub struct Config {
     pub publish_timeout: Duration,
     /// How many attempts a publish makes in all before it fails (default 3).
     pub publish_attempts: u32,
+    /// How long a publish that finds nobody to answer for a stream that exists keeps being sent
+    /// again (default 10 s): the stream is electing a leader (4 to 7 s measured on a three-node
+    /// cluster after its leader was killed), its servers are away, or it was just created and
+    /// has not reached the connected server yet. Sent again after 50 ms, 100 ms, ... (at most
+    /// 1 s apart), with the same id.
+    pub publish_unavailable_wait: Duration,
     /// The options of every stream.
     pub stream_defaults: StreamOptions,
     /// Options of one aggregate's stream, by aggregate type.
@@ -321,6 +327,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(5),
             publish_attempts: 3,
+            publish_unavailable_wait: Duration::from_secs(10),
             stream_defaults: StreamOptions::default(),
             streams: BTreeMap::new(),
             handlers: BTreeMap::new(),

@@ -23,6 +23,8 @@ use crate::event::EventSet;
 /// How long a publish that found no stream, though one stores its subject, waits before it is
 /// sent again (times the attempt).
 const NO_STREAM_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between two publishes that found nobody to answer.
+const MAX_NO_STREAM_PAUSE: Duration = Duration::from_secs(1);
 
 /// Options of one publish.
 #[derive(Debug, Clone, Default)]
@@ -92,7 +94,15 @@ struct Settings {
     backend: Backend,
     service: String,
     timeout: Duration,
+    limits: Limits,
+}
+
+/// How far a publish retries.
+struct Limits {
+    /// Sends that may time out, in all.
     attempts: u32,
+    /// How long "nobody answers" is retried.
+    unavailable_wait: Duration,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -110,7 +120,10 @@ impl Publisher {
                 backend,
                 service,
                 timeout: config.publish_timeout,
-                attempts: config.publish_attempts.max(1),
+                limits: Limits {
+                    attempts: config.publish_attempts.max(1),
+                    unavailable_wait: config.publish_unavailable_wait,
+                },
             }),
         }
     }
@@ -171,7 +184,7 @@ impl Publisher {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<PublishAck, PublishError> {
-        let kept = (self.inner.attempts > 1).then(|| headers.clone());
+        let kept = (self.inner.limits.attempts > 1).then(|| headers.clone());
         self.send_acked_with(subject, headers, payload, || kept.clone())
             .await
     }
@@ -179,9 +192,14 @@ impl Publisher {
     /// The one send-and-retry loop: publishes and waits for the acknowledgement; after a
     /// timeout or a lost connection, sends again with the headers `again` makes (the same
     /// headers, so the same `Nats-Msg-Id`: the server keeps one copy), `publish_attempts` times
-    /// in all; so is a publish that found nobody to answer although a stream stores its
-    /// subject, after 50 ms × the attempt. `again` makes the headers only when they are needed,
-    /// so the first attempt sends without a copy; should it have none, the last error stands.
+    /// in all. A publish that found nobody to answer although a stream stores its subject (a
+    /// leader election, servers away) is sent again too, after a pause growing from 50 ms to
+    /// 1 s, until `publish_unavailable_wait` has passed since the first such answer. `again`
+    /// makes the headers only when they are needed, so the first attempt sends without a copy;
+    /// should it have none, the last error stands.
+    ///
+    /// An attempt that timed out may have been stored: once one has, the publish can no longer
+    /// fail as "not stored", and a later "nobody answers" ends it as timed out.
     pub(crate) async fn send_acked_with(
         &self,
         subject: &str,
@@ -189,12 +207,12 @@ impl Publisher {
         payload: Bytes,
         mut again: impl FnMut() -> Option<HeaderMap>,
     ) -> Result<PublishAck, PublishError> {
-        let attempts = self.inner.attempts;
-        let backend = &self.inner.backend;
-        let mut attempt = 1;
+        let settings = &*self.inner;
+        let mut retry = Retry::default();
         let mut headers = headers;
         loop {
-            let result = match backend
+            let result = match settings
+                .backend
                 .send(subject.to_owned(), headers, payload.clone())
                 .await
             {
@@ -202,24 +220,27 @@ impl Publisher {
                 Err(e) => Err(e),
             };
             let e = match result {
-                Err(e) if attempt < attempts => e,
-                other => return other,
+                Ok(ack) => return Ok(ack),
+                Err(e) => e,
             };
-            if e.kind() == PublishErrorKind::StreamNotFound {
-                if !self.stream_not_reached_yet(subject).await {
-                    return Err(e);
+            let pause = match retry.after(e, &settings.limits) {
+                Next::Fail(e) => return Err(e),
+                Next::Again(pause) => pause,
+                Next::IfStreamExists(pause, e) => {
+                    if !self.stream_not_reached_yet(subject).await {
+                        return Err(retry.give_up(e));
+                    }
+                    retry.last = Some(e);
+                    pause
                 }
-                tokio::time::sleep(NO_STREAM_PAUSE * attempt).await;
-            } else if !retryable(&e.kind()) {
-                return Err(e);
-            }
+            };
+            tokio::time::sleep(pause).await;
             match again() {
                 Some(h) => {
-                    tracing::warn!(target: "eventbus::publish", %subject, attempt, error = %e, "publish not acknowledged; sending again with the same id");
+                    tracing::warn!(target: "eventbus::publish", %subject, attempt = retry.sends, "publish not acknowledged; sending again with the same id");
                     headers = h;
-                    attempt += 1;
                 }
-                None => return Err(e),
+                None => return Err(retry.last.take().expect("the error of the last attempt")),
             }
         }
     }
@@ -243,6 +264,86 @@ fn published(ack: PublishAck, id: String) -> Published {
         sequence: ack.sequence,
         duplicate: ack.duplicate,
         id,
+    }
+}
+
+/// The retry state of one publish, shared by `publish` and `publish_all`.
+#[derive(Default)]
+struct Retry {
+    /// Sends so far.
+    sends: u32,
+    /// Sends that timed out or lost their connection: they may have been stored.
+    unanswered: u32,
+    /// When the first "nobody answers" came.
+    unavailable_since: Option<Instant>,
+    /// Sends in a row that found nobody to answer.
+    unavailable: u32,
+    /// The last error, while a retry is decided or pending.
+    last: Option<PublishError>,
+}
+
+/// What to do after a failed send.
+enum Next {
+    /// It failed for good, with this error.
+    Fail(PublishError),
+    /// Send again after this pause.
+    Again(Duration),
+    /// Send again after this pause if a stream stores the subject; else fail with the error
+    /// (through [`Retry::give_up`]).
+    IfStreamExists(Duration, PublishError),
+}
+
+impl Retry {
+    fn after(&mut self, e: PublishError, limits: &Limits) -> Next {
+        self.sends += 1;
+        if e.kind() == PublishErrorKind::StreamNotFound {
+            let since = *self.unavailable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= limits.unavailable_wait {
+                return Next::Fail(self.give_up(e));
+            }
+            self.unavailable += 1;
+            let pause = (NO_STREAM_PAUSE * self.unavailable).min(MAX_NO_STREAM_PAUSE);
+            return Next::IfStreamExists(pause, e);
+        }
+        self.unavailable = 0;
+        if !retryable(&e.kind()) {
+            return Next::Fail(e);
+        }
+        self.unanswered += 1;
+        if self.unanswered >= limits.attempts {
+            return Next::Fail(e);
+        }
+        self.last = Some(e);
+        Next::Again(Duration::ZERO)
+    }
+
+    /// The error that ends a publish whose last send found nobody to answer: "not stored"
+    /// unless an earlier send may have been stored.
+    fn give_up(&self, e: PublishError) -> PublishError {
+        if self.unanswered == 0 {
+            return e;
+        }
+        PublishError::with_source(PublishErrorKind::TimedOut, MaybeStored(e))
+    }
+}
+
+/// "Nobody answers" after a send that may have been stored: the publish's outcome is unknown.
+#[derive(Debug)]
+struct MaybeStored(PublishError);
+
+impl std::fmt::Display for MaybeStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "an earlier attempt was not acknowledged and may be stored; the last found nobody to answer ({})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for MaybeStored {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -378,7 +479,7 @@ impl Publisher {
                 continue;
             }
             match encode(event, &encode_options(self.service(), options)) {
-                Ok(m) => run.send(index, event, options, m, 1).await,
+                Ok(m) => run.send(index, event, options, m, Retry::default()).await,
                 Err(e) => run.out[index] = Some(Err(e)),
             }
         }
@@ -400,8 +501,8 @@ struct Sent<'a, E> {
     options: &'a PublishOptions,
     id: String,
     time: time::OffsetDateTime,
-    /// Which attempt this is, from 1.
-    attempt: u32,
+    /// Its attempts so far.
+    retry: Retry,
 }
 
 /// A publish of `publish_all` waiting for its acknowledgement.
@@ -436,7 +537,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         event: &'a E,
         options: &'a PublishOptions,
         m: EncodedEvent,
-        attempt: u32,
+        retry: Retry,
     ) {
         let ack = self
             .publisher
@@ -450,7 +551,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
                 options,
                 id: m.id,
                 time: m.time,
-                attempt,
+                retry,
             },
             sent_at: tokio::time::Instant::now(),
             ack,
@@ -487,48 +588,68 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             .event_subject()
             .map(|s| s.into_string())
             .unwrap_or_default();
-        let settings = &self.publisher.inner;
-        if e.kind() == PublishErrorKind::StreamNotFound
-            && f.attempt < settings.attempts
-            && self.stopped.is_none()
-            && self.stream_not_reached_yet(&subject).await
-        {
-            // Like a timeout, but answered at once: send it again a pause after it was sent,
-            // growing with the attempt as for `publish`. The window's events were sent close
-            // together: the first one waits, the others mostly find their pause over.
-            let pause = NO_STREAM_PAUSE * f.attempt;
-            tokio::time::sleep_until(sent_at + pause).await;
-            self.send_again(f, &e).await;
-            return;
-        }
-        if !retryable(&e.kind()) {
-            // The server answered: it is there.
-            self.last_progress = Instant::now();
-            self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
-            return;
-        }
-        if self.stopped.is_none() {
-            let silent = self.last_progress.elapsed();
-            if f.attempt >= settings.attempts {
-                self.stopped = Some(format!(
-                    "event {} on `{subject}` was not acknowledged after {} attempts",
-                    f.index, f.attempt
-                ));
-            } else if silent >= settings.timeout * settings.attempts {
-                self.stopped = Some(format!(
-                    "the server acknowledged nothing for {} ms",
-                    silent.as_millis()
-                ));
-            }
-            if let Some(why) = &self.stopped {
-                tracing::warn!(target: "eventbus::publish", reason = %why, "publish_all stops sending");
-            }
-        }
+        let mut f = f;
         if self.stopped.is_some() {
+            let e = if e.kind() == PublishErrorKind::StreamNotFound {
+                f.retry.give_up(e)
+            } else {
+                e
+            };
             self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
             return;
         }
-        self.send_again(f, &e).await;
+        let settings = &self.publisher.inner;
+        match f.retry.after(e, &settings.limits) {
+            Next::Fail(e) => {
+                if e.kind() == PublishErrorKind::TimedOut || retryable(&e.kind()) {
+                    self.stop(format!(
+                        "event {} on `{subject}` was not acknowledged after {} attempts",
+                        f.index, f.retry.sends
+                    ));
+                } else if f.retry.unavailable_since.is_some() {
+                    self.stop(format!(
+                        "nobody answered for the stream of `{subject}` for {} ms",
+                        settings.limits.unavailable_wait.as_millis()
+                    ));
+                } else {
+                    // The server answered: it is there.
+                    self.last_progress = Instant::now();
+                }
+                self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+            }
+            Next::Again(_) => {
+                let silent = self.last_progress.elapsed();
+                if silent >= settings.timeout * settings.limits.attempts {
+                    self.stop(format!(
+                        "the server acknowledged nothing for {} ms",
+                        silent.as_millis()
+                    ));
+                    let e = f.retry.last.take().expect("the error of the last attempt");
+                    self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+                    return;
+                }
+                self.send_again(f).await;
+            }
+            Next::IfStreamExists(pause, e) => {
+                if !self.stream_not_reached_yet(&subject).await {
+                    let e = f.retry.give_up(e);
+                    self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+                    return;
+                }
+                // Like a timeout, but answered at once: send it again a pause after it was
+                // sent. The window's events were sent close together: the first one waits,
+                // the others mostly find their pause over.
+                tokio::time::sleep_until(sent_at + pause).await;
+                f.retry.last = Some(e);
+                self.send_again(f).await;
+            }
+        }
+    }
+
+    /// Stops sending, for `why`.
+    fn stop(&mut self, why: String) {
+        tracing::warn!(target: "eventbus::publish", reason = %why, "publish_all stops sending");
+        self.stopped = Some(why);
     }
 
     /// Whether a publish that found no stream may find it on another attempt (see
@@ -544,14 +665,15 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
     }
 
     /// Sends a publish again, encoded with its first id and time, at the back of the window.
-    async fn send_again(&mut self, f: Sent<'a, E>, e: &PublishError) {
+    async fn send_again(&mut self, mut f: Sent<'a, E>) {
         let mut options = encode_options(self.publisher.service(), f.options);
         options.id = Some(&f.id);
         match encode_at(f.event, &options, Some(f.time)) {
             Ok(m) => {
-                tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.attempt, error = %e, "publish not acknowledged; sending again with the same id");
-                self.send(f.index, f.event, f.options, m, f.attempt + 1)
-                    .await;
+                if let Some(e) = f.retry.last.take() {
+                    tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.retry.sends, error = %e, "publish not acknowledged; sending again with the same id");
+                }
+                self.send(f.index, f.event, f.options, m, f.retry).await;
             }
             Err(encode_error) => self.out[f.index] = Some(Err(encode_error)),
         }
@@ -573,5 +695,83 @@ fn not_sent<E: EventSet>(event: &E, options: &PublishOptions, why: &str) -> Erro
     match &options.id {
         Some(id) => e.with_event_id(id),
         None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(wait: Duration) -> Limits {
+        Limits {
+            attempts: 3,
+            unavailable_wait: wait,
+        }
+    }
+
+    fn nobody() -> PublishError {
+        PublishError::new(PublishErrorKind::StreamNotFound)
+    }
+
+    #[test]
+    fn nobody_answering_is_retried_until_the_wait_and_then_is_not_stored() {
+        let limits = limits(Duration::ZERO);
+        let mut retry = Retry::default();
+        match retry.after(nobody(), &limits) {
+            Next::Fail(e) => assert_eq!(e.kind(), PublishErrorKind::StreamNotFound),
+            _ => panic!("the wait is over: the publish fails"),
+        }
+        let limits = self::limits(Duration::from_secs(60));
+        let mut retry = Retry::default();
+        let pauses: Vec<Duration> = (0..30)
+            .map(|_| match retry.after(nobody(), &limits) {
+                Next::IfStreamExists(pause, _) => pause,
+                _ => panic!("retried within the wait"),
+            })
+            .collect();
+        assert_eq!(pauses[0], Duration::from_millis(50));
+        assert_eq!(pauses[1], Duration::from_millis(100));
+        assert_eq!(
+            pauses[29], MAX_NO_STREAM_PAUSE,
+            "pauses grow to at most 1 s"
+        );
+    }
+
+    #[test]
+    fn nobody_answering_after_a_timeout_is_maybe_stored() {
+        let limits = limits(Duration::ZERO);
+        let mut retry = Retry::default();
+        assert!(matches!(
+            retry.after(PublishError::new(PublishErrorKind::TimedOut), &limits),
+            Next::Again(_)
+        ));
+        match retry.after(nobody(), &limits) {
+            Next::Fail(e) => {
+                assert_eq!(e.kind(), PublishErrorKind::TimedOut, "maybe stored");
+                let error = publish_error("order.1.created", e);
+                assert_eq!(error.kind(), ErrorKind::Timeout);
+                assert!(
+                    crate::error::chain(&error).contains("may be stored"),
+                    "{}",
+                    crate::error::chain(&error)
+                );
+            }
+            _ => panic!("the wait is over: the publish fails"),
+        }
+    }
+
+    #[test]
+    fn timeouts_are_retried_publish_attempts_times_in_all() {
+        let limits = limits(Duration::from_secs(60));
+        let mut retry = Retry::default();
+        let timeout = || PublishError::new(PublishErrorKind::TimedOut);
+        assert!(matches!(retry.after(timeout(), &limits), Next::Again(_)));
+        // "Nobody answers" in between does not use an attempt.
+        assert!(matches!(
+            retry.after(nobody(), &limits),
+            Next::IfStreamExists(..)
+        ));
+        assert!(matches!(retry.after(timeout(), &limits), Next::Again(_)));
+        assert!(matches!(retry.after(timeout(), &limits), Next::Fail(_)));
     }
 }

@@ -560,8 +560,8 @@ async fn a_publish_to_a_stream_whose_server_is_away_is_stored_once_it_is_back() 
     let bus = eventbus::builder()
         .config(Config {
             publish_timeout: Duration::from_secs(1),
-            // Sent again after 50 ms × the attempt: up to 20 s for the server to come back.
-            publish_attempts: 30,
+            // Sent again while nobody answers: up to 20 s for the server to come back.
+            publish_unavailable_wait: Duration::from_secs(20),
             ..Config::default()
         })
         .no_env()
@@ -636,5 +636,108 @@ async fn a_publish_to_a_stream_whose_server_is_away_is_stored_once_it_is_back() 
     }
     let stored = stored_count(&js, "CN_AWAY").await;
     assert_eq!(stored, 50, "one copy of each");
+    bus.shutdown().await.unwrap();
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "cn_elect", name = "noted")]
+struct ElectNoted {
+    #[event(aggregate_id)]
+    id: String,
+    n: u32,
+}
+
+/// A stream leader killed while events are published: the publishes that time out, and those
+/// that then find nobody to answer while the stream elects a new leader, are sent again (same
+/// ids) until the new leader takes them, within `publish_unavailable_wait`. None is reported as
+/// not stored: before, "no responders" after a timeout counted as definite, and "nobody
+/// answers" was retried for about 150 ms against elections of several seconds.
+#[tokio::test]
+async fn publishing_through_a_stream_leader_election_stores_every_event_once() {
+    const N: u32 = 30_000;
+    let mut cluster = NatsCluster::start(3).await;
+    let bus = eventbus::builder()
+        .no_env()
+        .url(cluster.urls().join(","))
+        .service("cn-elect")
+        .without_handlers()
+        .reconnect_wait(Duration::from_millis(100))
+        .max_reconnects(None)
+        .stream(
+            "cn_elect",
+            StreamOptions {
+                replicas: Some(3),
+                ..Default::default()
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    let js = jetstream::new(cluster.connect().await);
+    let (leader, _) = wait_for(TIMEOUT, "CN_ELECT has a leader", || {
+        stream_leader(&js, "CN_ELECT")
+    })
+    .await;
+    let leader_index = cluster
+        .servers()
+        .iter()
+        .position(|s| s.name() == leader)
+        .unwrap_or_else(|| panic!("the leader {leader} is a member"));
+    let survivors: Vec<String> = cluster
+        .servers()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader_index)
+        .map(|(_, s)| s.url())
+        .collect();
+
+    let events: Vec<ElectNoted> = (0..N)
+        .map(|n| ElectNoted {
+            id: format!("e{}", n % 100),
+            n,
+        })
+        .collect();
+    let all = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.publish_all(&events).await }
+    });
+    let before_kill = wait_for(TIMEOUT, "the first events are stored", || async {
+        let mut s = js.get_stream("CN_ELECT").await.ok()?;
+        let stored = s.info().await.ok()?.state.messages;
+        (stored >= 1000).then_some(stored)
+    })
+    .await;
+    cluster.stop(leader_index);
+    // One more publish, sent while the stream has no leader.
+    let single = bus
+        .publish(&ElectNoted {
+            id: "single".into(),
+            n: N,
+        })
+        .await;
+
+    let results = tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("publish_all ends")
+        .expect("the publishing task");
+    let failed: Vec<String> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("event {i}: {e:?}")))
+        .collect();
+    assert!(
+        before_kill < u64::from(N),
+        "the leader died while events were being published ({before_kill} of {N} stored)"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {N} events failed through the election, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    single.unwrap_or_else(|e| panic!("the publish sent during the election: {e:?}"));
+    let js = jetstream::new(async_nats::connect(survivors).await.unwrap());
+    let stored = stored_count(&js, "CN_ELECT").await;
+    assert_eq!(stored, u64::from(N) + 1, "each event stored once");
     bus.shutdown().await.unwrap();
 }

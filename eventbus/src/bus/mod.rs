@@ -174,10 +174,12 @@ impl Bus {
     ///
     /// A publish that was not acknowledged in time (or whose connection was lost) is sent again
     /// with the same event id, so the server keeps one copy, up to `publish_attempts` times in
-    /// all; so is one that found nobody to answer although a stream stores its subject (its
-    /// servers are away, or the stream is new to this server of a cluster), after 50 ms × the
-    /// attempt. An invalid aggregate id, a subject no stream stores or an oversize event is an
-    /// error, never a silent loss.
+    /// all. One that found nobody to answer although a stream stores its subject (the stream
+    /// is electing a leader, its servers are away, or it is new to this server of a cluster)
+    /// is sent again after 50 ms, 100 ms, ... (at most 1 s apart) for up to
+    /// `publish_unavailable_wait`; should nobody answer after a send that timed out, the error
+    /// is a [`ErrorKind::Timeout`], as that send may be stored. An invalid aggregate id, a
+    /// subject no stream stores or an oversize event is an error, never a silent loss.
     pub async fn publish<E: EventSet>(&self, event: &E) -> Result<Published, Error> {
         self.inner
             .publisher
@@ -215,10 +217,11 @@ impl Bus {
     ///
     /// A publish that is not acknowledged in time is sent again with the same id (so the server
     /// keeps one copy) without holding up the others, up to `publish_attempts` times; so is one
-    /// that found nobody to answer although a stream stores its subject, after 50 ms × the
-    /// attempt (see [`Bus::publish`]). When the server is out of reach, `publish_all` does not
-    /// go on trying event after event: once an event has used all its attempts, or nothing was
-    /// acknowledged for `publish_attempts` × `publish_timeout`, it stops sending and retrying,
+    /// that found nobody to answer although a stream stores its subject, for up to
+    /// `publish_unavailable_wait` (see [`Bus::publish`]). When the server is out of reach,
+    /// `publish_all` does not go on trying event after event: once an event has used all its
+    /// attempts or that wait, or nothing was acknowledged for `publish_attempts` ×
+    /// `publish_timeout`, it stops sending and retrying,
     /// waits for what is under way, and returns within about one more `publish_timeout`. Then:
     ///
     /// - an event sent but not acknowledged has an [`ErrorKind::Timeout`] error: it may or may
