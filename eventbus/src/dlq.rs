@@ -14,7 +14,8 @@ use crate::publish::{publish_error, Published, Publisher};
 /// Header names of a dead letter.
 pub mod dlq_headers {
     /// Why the event was dead-lettered: `permanent`, `max_deliver`, `undecodable`,
-    /// `unknown_event_type`.
+    /// `unknown_event_type`, `undeliverable` (the server gave up on it with no delivery
+    /// settled, e.g. headers the client cannot parse).
     pub const REASON: &str = "eventbus-dlq-reason";
     /// The handler's last error.
     pub const ERROR: &str = "eventbus-dlq-error";
@@ -41,6 +42,8 @@ pub(crate) enum DeadReason {
     MaxDeliver,
     Undecodable,
     UnknownEventType,
+    /// The server gave up on it with no delivery settled (the client could not receive it).
+    Undeliverable,
 }
 
 impl DeadReason {
@@ -50,6 +53,7 @@ impl DeadReason {
             DeadReason::MaxDeliver => "max_deliver",
             DeadReason::Undecodable => "undecodable",
             DeadReason::UnknownEventType => "unknown_event_type",
+            DeadReason::Undeliverable => "undeliverable",
         }
     }
 }
@@ -136,7 +140,8 @@ pub struct DeadLetter {
     pub sequence: u64,
     /// The consumer that gave up on it.
     pub consumer: String,
-    /// Why: `permanent`, `max_deliver`, `undecodable` or `unknown_event_type`.
+    /// Why: `permanent`, `max_deliver`, `undecodable`, `unknown_event_type` or
+    /// `undeliverable`.
     pub reason: String,
     /// The handler's last error.
     pub error: String,

@@ -389,3 +389,150 @@ async fn a_dead_letter_over_the_max_payload_is_kept_as_a_reference_to_the_origin
     assert_eq!(copy.payload.len(), 3900);
     bus.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// A message the client cannot parse
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "dlq_poison", name = "noted")]
+struct PoisonNoted {
+    #[event(aggregate_id)]
+    id: String,
+    n: u32,
+}
+
+static POISON_NEIGHBOURS: Mutex<std::collections::BTreeSet<u32>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+#[event_handler(max_deliver = 2, ack_wait = "2s", backoff = ["100ms"], concurrency = 32)]
+async fn dlq_poison_handler(event: PoisonNoted) -> Result<(), HandlerError> {
+    POISON_NEIGHBOURS.lock().unwrap().insert(event.n);
+    Ok(())
+}
+
+/// Publishes one message with the raw header block `header` over a plain TCP connection, as a
+/// foreign producer can: the server stores headers it does not check.
+fn hpub_raw(port: u16, subject: &str, header: &[u8], payload: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "the server greets: {line}");
+    let mut out = stream;
+    let mut msg = Vec::new();
+    msg.extend_from_slice(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n",
+    );
+    msg.extend_from_slice(
+        format!(
+            "HPUB {subject} {} {}\r\n",
+            header.len(),
+            header.len() + payload.len()
+        )
+        .as_bytes(),
+    );
+    msg.extend_from_slice(header);
+    msg.extend_from_slice(payload);
+    msg.extend_from_slice(b"\r\nPING\r\n");
+    out.write_all(&msg).unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("-ERR"), "the server refused: {line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+/// A foreign producer's message whose header value is not UTF-8 is stored by the server, but
+/// the client cannot parse its delivery and drops the connection, with the events behind it
+/// on the wire. The worker then pulls one at a time, so its 10 neighbours in the same pull are
+/// handled; the message itself, its deliveries run out, is dead-lettered by the safety net (the
+/// server's max-deliveries advisory, the message fetched as data) with the reason
+/// `undeliverable` and the bad header line named. Before: the neighbours went down with it on
+/// every redelivery and the server gave up on all of them, neither handled nor dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_client_cannot_parse_is_dead_lettered_and_its_neighbours_are_handled() {
+    let server = NatsServer::start().await;
+    let bus = || {
+        eventbus::builder()
+            .no_env()
+            .url(server.url())
+            .service("dlq")
+            .reconnect_wait(Duration::from_millis(50))
+            .max_reconnects(None)
+            .only_handlers(["dlq_poison_handler"])
+            .start()
+    };
+    // Provisioned, then stopped: every event is stored before the handler pulls, so the first
+    // pull brings them all, the bad one in the middle.
+    bus().await.unwrap().shutdown().await.unwrap();
+    let publisher = eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("dlq-publisher")
+        .without_handlers()
+        .start()
+        .await
+        .unwrap();
+    let noted = |n: u32| PoisonNoted {
+        id: format!("p{n}"),
+        n,
+    };
+    for n in 1..=10 {
+        publisher.publish(&noted(n)).await.unwrap();
+    }
+    hpub_raw(
+        server.port(),
+        "dlq_poison.bad.noted",
+        b"NATS/1.0\r\nx-bin: \xff\xfe\r\n\r\n",
+        br#"{"id":"bad","n":0}"#,
+    );
+    for n in 12..=21 {
+        publisher.publish(&noted(n)).await.unwrap();
+    }
+
+    let handling = bus().await.unwrap();
+    wait_until(
+        Duration::from_secs(40),
+        "the 20 good events are handled",
+        || async { POISON_NEIGHBOURS.lock().unwrap().len() == 20 },
+    )
+    .await;
+    let dead = wait_for(
+        Duration::from_secs(40),
+        "the bad message is dead-lettered",
+        || async {
+            let all = handling
+                .dead_letters(Some("dlq-dlq_poison_handler"))
+                .await
+                .unwrap();
+            (!all.is_empty()).then_some(all)
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d.reason, "undeliverable");
+    assert_eq!(d.original_sequence, 11);
+    assert_eq!(d.original_subject, "dlq_poison.bad.noted");
+    assert_eq!(&d.payload[..], br#"{"id":"bad","n":0}"#);
+    assert!(
+        d.error.contains(r"x-bin: \xff\xfe"),
+        "the dead letter names the bad header line: {}",
+        d.error
+    );
+    assert_eq!(
+        *POISON_NEIGHBOURS.lock().unwrap(),
+        (1..=10).chain(12..=21).collect(),
+        "every good event handled, the bad one not"
+    );
+    handling.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+}

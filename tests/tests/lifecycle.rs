@@ -590,7 +590,12 @@ struct Service {
 impl Service {
     /// Starts it with only `env` for an environment (its stderr goes to the test's).
     fn spawn(env: &[(&str, &str)]) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signal_service"))
+        Service::spawn_bin(env!("CARGO_BIN_EXE_signal_service"), env)
+    }
+
+    /// Starts the service binary `bin` with only `env` for an environment.
+    fn spawn_bin(bin: &str, env: &[(&str, &str)]) -> Service {
+        let mut child = Command::new(bin)
             .env_clear()
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -859,4 +864,94 @@ async fn dropping_the_last_bus_lets_in_flight_handlers_finish_and_stops_consumin
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     assert_eq!(DROP_STARTED.load(Ordering::SeqCst), 1);
     publisher.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ordered handling across a kill -9 and a restart
+// ---------------------------------------------------------------------------------------------
+
+/// The event `ordered_service` handles (declared there too).
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "lc_ordered", name = "noted")]
+struct OrderedNoted {
+    #[event(aggregate_id)]
+    id: String,
+    n: u32,
+}
+
+/// An `ordered` handler (ack wait 3 s) is killed with -9 while it handles event 1 of `a1`,
+/// events 2-5 waiting behind it; events 6-10 are published; the service starts again. Events
+/// 1-5 are still pending their ack wait on the server, which hands out 6-10 first: they must
+/// wait, and all ten are handled in stream order. (Before the ordered gate, the restarted
+/// service handled 6-10, then 1-5.) `a2`, with nothing pending, is not held up meanwhile.
+#[tokio::test]
+async fn ordered_keeps_each_aggregates_order_across_a_kill_9_and_a_restart() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let env = [
+        ("EVENTBUS_URL", url.as_str()),
+        ("EVENTBUS_SERVICE", "lc-ordered"),
+        ("ORDERED_SERVICE_HANG_ON", "1"),
+    ];
+    let mut first = Service::spawn_bin(env!("CARGO_BIN_EXE_ordered_service"), &env);
+    let js = jetstream::new(server.connect().await);
+    let consumer = "lc-ordered-lc_ordered_handler";
+    wait_until(
+        TIMEOUT,
+        "the service has provisioned its consumer",
+        || async {
+            let Ok(s) = js.get_stream("LC_ORDERED").await else {
+                return false;
+            };
+            s.consumer_info(consumer).await.is_ok()
+        },
+    )
+    .await;
+    let bus = publisher(&server).await;
+    let noted = |id: &str, n: u32| OrderedNoted { id: id.into(), n };
+    for n in 1..=5 {
+        bus.publish(&noted("a1", n)).await.unwrap();
+    }
+    first.wait_line("handling a1 1").await;
+    // Events 2-5 reached the service and wait behind 1.
+    wait_until(TIMEOUT, "events 2-5 are delivered", || async {
+        consumer_info(&js, "LC_ORDERED", consumer)
+            .await
+            .delivered
+            .stream_sequence
+            >= 5
+    })
+    .await;
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+
+    for n in 6..=10 {
+        bus.publish(&noted("a1", n)).await.unwrap();
+    }
+    bus.publish(&noted("a2", 1)).await.unwrap();
+    let second = Service::spawn_bin(
+        env!("CARGO_BIN_EXE_ordered_service"),
+        &[
+            ("EVENTBUS_URL", url.as_str()),
+            ("EVENTBUS_SERVICE", "lc-ordered"),
+        ],
+    );
+    second.wait_line("handled a1 10").await;
+    let lines = second.lines.lock().unwrap().clone();
+    let a1: Vec<u32> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("handled a1 "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        a1,
+        (1..=10).collect::<Vec<_>>(),
+        "a1's events in stream order after the restart; stdout: {lines:?}"
+    );
+    let at = |line: &str| lines.iter().position(|l| l == line);
+    assert!(
+        at("handled a2 1").is_some_and(|a2| a2 < at("handled a1 1").unwrap()),
+        "a2 (nothing pending) was not held up behind a1's pending events: {lines:?}"
+    );
+    bus.shutdown().await.unwrap();
 }

@@ -73,9 +73,15 @@ pub(crate) struct Broker {
 struct Shared {
     state: Mutex<State>,
     changed: Notify,
+    /// Events a consumer gave up on (max deliveries reached unsettled), as the server's
+    /// advisories tell them: stream, consumer, stream sequence, deliveries.
+    given_up: tokio::sync::broadcast::Sender<GivenUpNotice>,
     base_instant: Instant,
     base_time: OffsetDateTime,
 }
+
+/// An event a consumer gave up on: stream, consumer, stream sequence, deliveries.
+pub(crate) type GivenUpNotice = (String, String, u64, u64);
 
 /// What a consumer's delivery carries.
 #[derive(Debug, Clone)]
@@ -125,6 +131,7 @@ impl Broker {
             inner: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
+                given_up: tokio::sync::broadcast::channel(1024).0,
                 base_instant: Instant::now(),
                 base_time: OffsetDateTime::now_utc(),
             }),
@@ -439,6 +446,27 @@ impl Broker {
         })
     }
 
+    /// Where a consumer stands (see [`super::ConsumerPosition`]).
+    pub(crate) fn consumer_position(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Option<super::ConsumerPosition> {
+        let st = self.lock();
+        let c = st.streams.get(stream)?.consumers.get(name)?;
+        let delivered = c.cursor.saturating_sub(1);
+        Some(super::ConsumerPosition {
+            ack_floor: c.pending.keys().next().map_or(delivered, |first| first - 1),
+            delivered,
+            ack_pending: c.pending.len() as u64,
+        })
+    }
+
+    /// Notices of the events consumers give up on (see [`GivenUpNotice`]).
+    pub(crate) fn given_up(&self) -> tokio::sync::broadcast::Receiver<GivenUpNotice> {
+        self.inner.given_up.subscribe()
+    }
+
     /// A consumer's configuration.
     pub(crate) fn consumer_config(&self, stream: &str, name: &str) -> Option<consumer::Config> {
         Some(
@@ -567,8 +595,14 @@ impl Broker {
                     continue;
                 }
                 if p.deliveries >= max_deliver {
-                    // Max deliveries reached: the server stops delivering it.
+                    // Max deliveries reached: the server stops delivering it, and says so.
                     dropped.push(*seq);
+                    let _ = self.inner.given_up.send((
+                        stream.to_owned(),
+                        name.to_owned(),
+                        *seq,
+                        p.deliveries,
+                    ));
                     continue;
                 }
                 due = Some(*seq);

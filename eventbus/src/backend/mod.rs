@@ -197,6 +197,53 @@ impl Backend {
         }
     }
 
+    /// Notices of the events `consumer` gives up on: max deliveries reached with no
+    /// settlement, which happens when the client cannot receive an event (its headers break
+    /// the client's parser) or nobody settled its last delivery. See [`GivenUp`].
+    pub(crate) async fn given_up(&self, stream: &str, consumer: &str) -> Result<GivenUp, Error> {
+        match self {
+            Backend::Nats(n) => Ok(GivenUp::Nats(n.given_up(stream, consumer).await?)),
+            Backend::Memory(b) => Ok(GivenUp::Memory {
+                notices: b.given_up(),
+                stream: stream.to_owned(),
+                consumer: consumer.to_owned(),
+            }),
+        }
+    }
+
+    /// Message `seq` of `stream` as data, with the header lines that are not valid headers
+    /// apart (the in-process broker has none).
+    pub(crate) async fn get_as_data(
+        &self,
+        stream: &str,
+        seq: u64,
+    ) -> Result<(Stored, Vec<String>), Error> {
+        match self {
+            Backend::Nats(n) => n
+                .get_as_data(stream, seq)
+                .await
+                .map(|d| (d.stored, d.unreadable_headers)),
+            Backend::Memory(_) => self.get(stream, seq).await.map(|m| (m, Vec::new())),
+        }
+    }
+
+    /// Where a consumer stands: ack floor, last delivered, unacknowledged.
+    pub(crate) async fn consumer_position(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<ConsumerPosition, Error> {
+        match self {
+            Backend::Nats(n) => n.consumer_position(stream, name).await,
+            Backend::Memory(b) => b.consumer_position(stream, name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("no consumer `{name}` on stream `{stream}`"),
+                )
+            }),
+        }
+    }
+
     /// Creates or updates a consumer.
     pub(crate) async fn put_consumer(
         &self,
@@ -239,9 +286,12 @@ impl Backend {
         stream: &str,
         name: &str,
         state: watch::Receiver<ConnectionState>,
+        ack_wait: Duration,
     ) -> Result<Puller, Error> {
         match self {
-            Backend::Nats(n) => Ok(Puller::Nats(NatsPuller::new(n, stream, name, state).await?)),
+            Backend::Nats(n) => Ok(Puller::Nats(
+                NatsPuller::new(n, stream, name, state, ack_wait).await?,
+            )),
             Backend::Memory(b) => {
                 if b.consumer_config(stream, name).is_none() {
                     return Err(Error::new(
@@ -353,6 +403,80 @@ impl Backend {
     }
 }
 
+/// Notices of the events a consumer gave up on (see [`Backend::given_up`]).
+pub(crate) enum GivenUp {
+    Nats(async_nats::Subscriber),
+    Memory {
+        notices: tokio::sync::broadcast::Receiver<memory::GivenUpNotice>,
+        stream: String,
+        consumer: String,
+    },
+}
+
+/// An event a consumer gave up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GaveUp {
+    /// Its stream sequence.
+    pub(crate) sequence: u64,
+    /// How many times it was delivered.
+    pub(crate) deliveries: u64,
+}
+
+impl GivenUp {
+    /// The next notice; `None` once no more can come (the connection or broker is gone).
+    pub(crate) async fn next(&mut self) -> Option<GaveUp> {
+        match self {
+            GivenUp::Nats(sub) => loop {
+                let m = futures::StreamExt::next(sub).await?;
+                match serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                    Ok(v) => {
+                        let field = |name: &str| v.get(name).and_then(|n| n.as_u64());
+                        if let Some(sequence) = field("stream_seq") {
+                            return Some(GaveUp {
+                                sequence,
+                                deliveries: field("deliveries").unwrap_or(0),
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "eventbus::dispatch", subject = %m.subject, error = %e, "unreadable max-deliveries advisory; ignored");
+                    }
+                }
+            },
+            GivenUp::Memory {
+                notices,
+                stream,
+                consumer,
+            } => loop {
+                match notices.recv().await {
+                    Ok((s, c, sequence, deliveries)) if s == *stream && c == *consumer => {
+                        return Some(GaveUp {
+                            sequence,
+                            deliveries,
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::error!(target: "eventbus::dispatch", %consumer, missed = n, "in-process broker: notices of given-up events were missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        }
+    }
+}
+
+/// Where a consumer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConsumerPosition {
+    /// Every event up to this stream sequence is acknowledged (or terminated, or given up).
+    pub(crate) ack_floor: u64,
+    /// The stream sequence of the last event delivered for the first time.
+    pub(crate) delivered: u64,
+    /// Events delivered and not acknowledged yet.
+    pub(crate) ack_pending: u64,
+}
+
 /// The acknowledgement of a publish that was sent.
 pub(crate) enum AckFuture {
     Nats(jetstream::context::PublishAckFuture),
@@ -406,6 +530,14 @@ impl Puller {
                 *credits += n;
                 Ok(())
             }
+        }
+    }
+
+    /// How many events may be on their way at once (see [`NatsPuller::credit_limit`]).
+    pub(crate) fn credit_limit(&self) -> usize {
+        match self {
+            Puller::Nats(p) => p.credit_limit(),
+            Puller::Memory { .. } => usize::MAX,
         }
     }
 

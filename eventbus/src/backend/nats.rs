@@ -52,6 +52,40 @@ impl From<jetstream::message::StreamMessage> for Stored {
     }
 }
 
+/// A stored message fetched as data (see [`Nats::get_as_data`]).
+pub(crate) struct AsData {
+    pub(crate) stored: Stored,
+    /// Header lines that are not valid headers (not UTF-8, no colon, a bad name), escaped.
+    pub(crate) unreadable_headers: Vec<String>,
+}
+
+/// Parses a raw header block (`NATS/1.0` line, then `Name: value` lines) leniently: valid lines
+/// become headers, the others are returned apart, escaped.
+fn headers_as_data(raw: &[u8]) -> (HeaderMap, Vec<String>) {
+    use async_nats::header::{HeaderName, HeaderValue};
+    use std::str::FromStr;
+    let mut headers = HeaderMap::new();
+    let mut unreadable = Vec::new();
+    let mut lines = raw
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // The status line.
+    lines.next();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let parsed = std::str::from_utf8(line).ok().and_then(|text| {
+            let (name, value) = text.split_once(':')?;
+            let name = HeaderName::from_str(name.trim()).ok()?;
+            let value = HeaderValue::from_str(value.trim()).ok()?;
+            Some((name, value))
+        });
+        match parsed {
+            Some((name, value)) => headers.append(name, value),
+            None => unreadable.push(line.escape_ascii().to_string()),
+        }
+    }
+    (headers, unreadable)
+}
+
 impl Nats {
     pub(crate) fn new(
         client: async_nats::Client,
@@ -132,6 +166,27 @@ impl Nats {
                 .map_err(Into::into)
         };
         result.map_err(|e| Error::new(ErrorKind::Incompatible, ctx).with_source(e))
+    }
+
+    /// Where a consumer stands: its ack floor, last delivered and unacknowledged counts.
+    pub(crate) async fn consumer_position(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<super::ConsumerPosition, Error> {
+        let s = self.stream(stream).await?;
+        let info = s.consumer_info(name).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Refused,
+                format!("cannot look up consumer `{name}` on `{stream}`"),
+            )
+            .with_source(e)
+        })?;
+        Ok(super::ConsumerPosition {
+            ack_floor: info.ack_floor.stream_sequence,
+            delivered: info.delivered.stream_sequence,
+            ack_pending: info.num_ack_pending as u64,
+        })
     }
 
     pub(crate) async fn consumer_config(
@@ -216,6 +271,97 @@ impl Nats {
             .await
             .map(Into::into)
             .map_err(|e| Error::new(ErrorKind::NotFound, ctx()).with_source(e))
+    }
+
+    /// Message `seq` of `stream`, fetched as data through the stream's message-get API (JSON,
+    /// base64 headers and body), so headers the client could not parse on a delivery do not
+    /// break the connection here; those are returned apart, escaped.
+    pub(crate) async fn get_as_data(&self, stream: &str, seq: u64) -> Result<AsData, Error> {
+        let ctx = || format!("cannot get message {seq} of `{stream}`");
+        let answer: serde_json::Value = self
+            .js
+            .request(
+                format!("STREAM.MSG.GET.{stream}"),
+                &serde_json::json!({ "seq": seq }),
+            )
+            .await
+            .map_err(|e| Error::new(ErrorKind::Refused, ctx()).with_source(e))?;
+        if let Some(e) = answer.get("error") {
+            let description = e
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("unknown error");
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("{}: {description}", ctx()),
+            ));
+        }
+        let m = answer.get("message").ok_or_else(|| {
+            Error::new(
+                ErrorKind::Refused,
+                format!("{}: no message in the answer", ctx()),
+            )
+        })?;
+        let field = |name: &str| m.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+        let decode = |name: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(field(name))
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Decode,
+                        format!("{}: its `{name}` is not base64", ctx()),
+                    )
+                    .with_source(e)
+                })
+        };
+        let (headers, unreadable) = headers_as_data(&decode("hdrs")?);
+        let time = time::OffsetDateTime::parse(
+            field("time"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        Ok(AsData {
+            stored: Stored {
+                subject: field("subject").to_owned(),
+                sequence: seq,
+                headers,
+                payload: decode("data")?.into(),
+                time,
+            },
+            unreadable_headers: unreadable,
+        })
+    }
+
+    /// Notices of the events `consumer` of `stream` gave up on (the server's max-deliveries
+    /// advisories), shared among the instances of the consumer (a queue group). Subscribed and
+    /// flushed before it returns: the server sends such an advisory only while someone pulls,
+    /// so a worker that subscribes before its first pull misses none meant for it.
+    pub(crate) async fn given_up(
+        &self,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<async_nats::Subscriber, Error> {
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}");
+        let sub = self
+            .client
+            .queue_subscribe(subject.clone(), format!("eventbus-{consumer}"))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connect,
+                    format!("cannot subscribe to `{subject}`"),
+                )
+                .with_source(e)
+            })?;
+        self.client.flush().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("cannot subscribe to `{subject}`"),
+            )
+            .with_source(e)
+        })?;
+        Ok(sub)
     }
 
     pub(crate) async fn last_and_count(
@@ -478,4 +624,20 @@ fn strip_direct_get_headers(h: &HeaderMap) -> HeaderMap {
     headers_without(h, |n| {
         DIRECT_GET_HEADERS.iter().any(|d| d.eq_ignore_ascii_case(n))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_as_data_keeps_the_valid_lines_and_escapes_the_others() {
+        let raw =
+            b"NATS/1.0\r\nce-id: e1\r\nx-bin: \xff\xfe\r\nno colon here\r\nce-type: t\r\n\r\n";
+        let (headers, unreadable) = headers_as_data(raw);
+        assert_eq!(headers.get("ce-id").map(|v| v.as_str()), Some("e1"));
+        assert_eq!(headers.get("ce-type").map(|v| v.as_str()), Some("t"));
+        assert_eq!(unreadable, ["x-bin: \\xff\\xfe", "no colon here"]);
+        assert_eq!(headers_as_data(b"").0.len(), 0, "no headers at all");
+    }
 }

@@ -32,6 +32,10 @@ pub(crate) struct NatsPuller {
     last_activity: Instant,
     state: watch::Receiver<ConnectionState>,
     connected: bool,
+    /// The consumer's ack wait.
+    ack_wait: Duration,
+    /// Until when events are pulled one at a time (see [`NatsPuller::credit_limit`]).
+    single_until: Option<Instant>,
 }
 
 impl NatsPuller {
@@ -40,6 +44,7 @@ impl NatsPuller {
         stream: &str,
         consumer: &str,
         state: watch::Receiver<ConnectionState>,
+        ack_wait: Duration,
     ) -> Result<Self, Error> {
         let client = nats.client.clone();
         let context = &nats.js;
@@ -54,7 +59,25 @@ impl NatsPuller {
             last_activity: Instant::now(),
             connected: true,
             state,
+            ack_wait,
+            single_until: None,
         })
+    }
+
+    /// How many events may be on their way at once: one for a while after the connection
+    /// dropped with events on their way, else no limit but the handler slots.
+    ///
+    /// A delivery the client cannot parse (a foreign producer's invalid header) breaks the
+    /// connection, and the events behind it on the wire are lost with it; they come again after
+    /// their ack wait, and so does it. Pulled one at a time, it goes alone, and the others are
+    /// handled; once the server gives up on it, the safety net dead-letters it
+    /// (`dispatch/rescue.rs`). A drop for another reason costs the same slow pace for the
+    /// same while: twice the ack wait, from the last drop.
+    pub(crate) fn credit_limit(&self) -> usize {
+        match self.single_until {
+            Some(until) if Instant::now() < until => 1,
+            _ => usize::MAX,
+        }
     }
 
     /// Asks the server for up to `n` more events.
@@ -155,6 +178,11 @@ impl NatsPuller {
                     let was = std::mem::replace(&mut self.connected, now);
                     if now && !was {
                         // Reconnected: the server may have lost every waiting request.
+                        if self.outstanding > 0 {
+                            let pace = self.ack_wait * 2 + HEARTBEAT * 2;
+                            tracing::warn!(target: "eventbus::dispatch", subject = %self.subject, ?pace, "the connection dropped while events were on their way; pulling them one at a time for a while, so that one the client cannot receive does not take others with it");
+                            self.single_until = Some(Instant::now() + pace);
+                        }
                         return self.reset().await;
                     }
                 }

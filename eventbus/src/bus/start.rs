@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::{Builder, Bus, Inner, Running};
 use crate::backend::Backend;
+use crate::config::AckPolicy;
 use crate::dispatch::{self, Worker};
 use crate::error::{chain, Error, ErrorKind};
 use crate::provision;
@@ -75,8 +76,13 @@ impl Builder {
                 running.ephemeral.push((stream_name.clone(), name.clone()));
                 name
             };
+            // Subscribed before the first pull (see dispatch/rescue.rs).
+            let given_up = match plan.ack {
+                AckPolicy::Explicit => Some(backend.given_up(&stream_name, &name).await?),
+                AckPolicy::None => None,
+            };
             let puller = backend
-                .puller(&stream_name, &name, connected.state.clone())
+                .puller(&stream_name, &name, connected.state.clone(), plan.ack_wait)
                 .await?;
             let worker = Arc::new(Worker {
                 plan: plan.clone(),
@@ -89,6 +95,7 @@ impl Builder {
             running.workers.push(tokio::spawn(dispatch::run(
                 worker,
                 puller,
+                given_up,
                 stop_rx.clone(),
                 config.shutdown_grace,
             )));

@@ -1,12 +1,14 @@
 //! Dispatch: one worker per handler pulls its consumer's events by credit, decodes them, calls
 //! the handler, and settles each event (`settle.rs`): ack on success, nak with backoff on
 //! error, dead letter and term when retrying cannot help. With `ordered`, one aggregate's
-//! events wait in a lane behind the one in flight (`ordered.rs`).
+//! events wait in a lane behind the one in flight, and behind its events still pending from
+//! before a restart or a pull reset (`ordered.rs`).
 //!
 //! A worker holds the bus's publishing side ([`Publisher`], for handlers' `ctx.publish` and for
 //! dead letters), never the bus itself: dropping the last `Bus` stops the workers.
 
 mod ordered;
+mod rescue;
 mod settle;
 
 use std::sync::Arc;
@@ -17,12 +19,12 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{Incoming, Pulled, Puller};
+use crate::backend::{GivenUp, Incoming, Pulled, Puller};
 use crate::handler::States;
 use crate::publish::Publisher;
 use crate::topology::ConsumerPlan;
 
-use self::ordered::Lanes;
+use self::ordered::{Lanes, Source};
 
 /// What one delivery of an event came to, as an [`Observer`] is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +87,18 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 /// It also leaves the rest of the backlog to the other instances sharing the durable
 /// consumer. Credit is asked for in batches of a quarter of the slots (at least one), and
 /// requests overlap, so the flow does not stop while a pull travels.
+///
+/// With `given_up` (the consumer's notices of events the server gave up on), the safety net of
+/// `rescue.rs` runs beside it and dead-letters those.
 pub(crate) async fn run(
     worker: Arc<Worker>,
     mut puller: Puller,
+    given_up: Option<GivenUp>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    let rescuer = given_up.map(|g| tokio::spawn(rescue::run(worker.clone(), g, stop.clone())));
+    let _rescuer = AbortOnDrop(rescuer);
     let plan = &worker.plan;
     // The handlers in flight, polled by this worker's task: no task is spawned per event.
     let mut tasks: Tasks = FuturesUnordered::new();
@@ -99,26 +107,49 @@ pub(crate) async fn run(
     // Slots reserved for events asked for and not yet received.
     let mut reserved: Vec<OwnedSemaphorePermit> = Vec::new();
     let lanes = Lanes::default();
-    let keeper = plan.ordered.then(|| lanes.keep_alive(plan.ack_wait));
+    let keeper = plan.ordered.then(|| {
+        lanes.keep_alive(
+            plan.ack_wait,
+            worker.publisher.backend().clone(),
+            worker.stream.clone(),
+            worker.consumer_name.clone(),
+        )
+    });
+    if plan.ordered && !arm(&worker, &lanes, &mut stop).await {
+        if let Some(k) = keeper {
+            k.abort();
+        }
+        return;
+    }
     'pull: loop {
         if *stop.borrow() {
             break;
         }
-        let want = if reserved.is_empty() { 1 } else { min_batch };
+        // One at a time for a while after a drop (see `backend/pull.rs`), else by free slots.
+        let limit = puller.credit_limit();
+        let want = if reserved.is_empty() {
+            1
+        } else {
+            min_batch.min(limit)
+        };
         tokio::select! {
             biased;
             _ = stop.changed() => break 'pull,
             Some(()) = tasks.next(), if !tasks.is_empty() => {}
-            p = permits.clone().acquire_many_owned(want as u32) => {
+            p = permits.clone().acquire_many_owned(want as u32), if reserved.len() < limit => {
                 let mut p = p.expect("semaphore is never closed");
                 let mut slots = Vec::with_capacity(plan.concurrency);
                 while p.num_permits() > 1 {
                     slots.push(p.split(1).expect("more than one permit"));
                 }
                 slots.push(p);
-                while let Ok(more) = permits.clone().try_acquire_owned() {
-                    slots.push(more);
+                while slots.len() + reserved.len() < limit {
+                    match permits.clone().try_acquire_owned() {
+                        Ok(more) => slots.push(more),
+                        Err(_) => break,
+                    }
                 }
+                slots.truncate(limit - reserved.len());
                 match puller.request(slots.len()).await {
                     Ok(()) => reserved.extend(slots),
                     Err(e) => {
@@ -152,7 +183,14 @@ pub(crate) async fn run(
                         let keep = reserved.len().saturating_sub(n);
                         reserved.truncate(keep);
                     }
-                    Pulled::Reset => reserved.clear(),
+                    Pulled::Reset => {
+                        reserved.clear();
+                        // What the old pull still had on its way is pending on the server: the
+                        // ordered gate holds its aggregates' later events back.
+                        if plan.ordered && !arm(&worker, &lanes, &mut stop).await {
+                            break 'pull;
+                        }
+                    }
                     Pulled::Failed(e) => {
                         reserved.clear();
                         tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "pull failed; pulling again shortly");
@@ -188,6 +226,17 @@ pub(crate) async fn run(
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// Starts handling one pulled event, holding `permit` until it is settled. In ordered mode an
 /// event whose aggregate has an event in flight waits in that aggregate's lane instead (see
 /// `ordered.rs`), and gives its slot back.
@@ -210,9 +259,31 @@ fn start(
     if let Some(lane) = lanes.enter(msg) {
         let stopped = stop.clone();
         tasks.push(Box::pin(async move {
-            lane.run(&stopped, |m| handle(&w, m)).await;
-            drop(permit);
+            lane.run(&stopped, permit, |m| handle(&w, m)).await;
         }));
+    }
+}
+
+/// Arms the ordered gate (see `ordered.rs`), trying again until it is armed or the worker
+/// stops; `false` if it stopped.
+async fn arm(worker: &Worker, lanes: &Lanes, stop: &mut watch::Receiver<bool>) -> bool {
+    let source = Source {
+        backend: worker.publisher.backend(),
+        stream: &worker.stream,
+        consumer: &worker.consumer_name,
+        filters: &worker.plan.filters,
+    };
+    loop {
+        match lanes.arm(&source).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "ordered: cannot read which events are still pending; trying again");
+                tokio::select! {
+                    _ = stop.changed() => return false,
+                    _ = tokio::time::sleep(PULL_RETRY) => {}
+                }
+            }
+        }
     }
 }
 
