@@ -995,10 +995,27 @@ mod tests {
         );
         let third = b.next("ORDER", "c").await.unwrap();
         assert_eq!(third.delivered, 3);
-        // Max deliver 3: no fourth delivery.
+        // Max deliver 3: no fourth delivery, and a notice that the consumer gave up on it,
+        // as the server's advisory says (dispatch/rescue.rs dead-letters it).
+        let mut given_up = b.given_up();
+        assert_eq!(
+            b.consumer_position("ORDER", "c")
+                .map(|p| (p.ack_floor, p.delivered, p.ack_pending)),
+            Some((2, 4, 1)),
+            "1 acked, 2 terminated, 3 pending; 4 (not for this consumer) looked at"
+        );
         b.settle(&third, Settle::Nak(None));
         assert!(b.try_next("ORDER", "c").unwrap().is_err());
+        assert_eq!(
+            given_up.try_recv().unwrap(),
+            ("ORDER".to_owned(), "c".to_owned(), 3, 3)
+        );
         assert!(b.idle());
+        assert_eq!(
+            b.consumer_position("ORDER", "c")
+                .map(|p| (p.ack_floor, p.ack_pending)),
+            Some((3, 0))
+        );
     }
 
     #[tokio::test(start_paused = true)]
