@@ -1014,7 +1014,8 @@ mod tests {
         assert_eq!(
             b.consumer_position("ORDER", "c")
                 .map(|p| (p.ack_floor, p.ack_pending)),
-            Some((3, 0))
+            Some((4, 0)),
+            "nothing pending: the floor is the last message looked at"
         );
     }
 
