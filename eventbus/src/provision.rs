@@ -208,25 +208,36 @@ pub(crate) fn deliver_policy(d: &DeliverPolicy) -> consumer::DeliverPolicy {
     }
 }
 
-/// The server-side configuration of a handler's consumer.
+/// The server-side configuration of a handler's consumer, on `stream_name`.
+///
+/// On the aggregate's own stream (`stream_name` is the plan's), the consumer has no filter:
+/// it reads the whole stream, and dispatch acks and skips the events its handler does not take
+/// (see `ConsumerPlan::filters` for why). On a stream eventbus adopted because it already
+/// covered the aggregate's subjects (it may hold much else), the handler's filters are the
+/// consumer's.
 ///
 /// The server's `max_deliver` is one more than the plan's: the dispatcher dead-letters after
 /// the last allowed delivery fails, and the extra delivery only happens if the process died
 /// during the last one, so that event is dead-lettered too instead of silently dropped.
-pub(crate) fn consumer_config(plan: &ConsumerPlan, name: &str) -> consumer::pull::Config {
+pub(crate) fn consumer_config(
+    plan: &ConsumerPlan,
+    stream_name: &str,
+    name: &str,
+) -> consumer::pull::Config {
+    let filtered = stream_name != plan.stream;
     consumer::pull::Config {
         durable_name: plan.durable.then(|| name.to_owned()),
         name: Some(name.to_owned()),
         description: Some(format!("handler `{}` (eventbus)", plan.handler)),
-        filter_subject: if plan.filters.len() == 1 {
+        filter_subject: if filtered && plan.filters.len() == 1 {
             plan.filters[0].clone()
         } else {
             String::new()
         },
-        filter_subjects: if plan.filters.len() == 1 {
-            Vec::new()
-        } else {
+        filter_subjects: if filtered && plan.filters.len() > 1 {
             plan.filters.clone()
+        } else {
+            Vec::new()
         },
         deliver_policy: deliver_policy(&plan.deliver),
         ack_policy: match plan.ack {
@@ -257,13 +268,13 @@ pub(crate) async fn consumer(
     stream_name: &str,
     plan: &ConsumerPlan,
 ) -> Result<(), Error> {
-    let want = consumer_config(plan, &plan.name);
+    let want = consumer_config(plan, stream_name, &plan.name);
     let have = backend.consumer_config(stream_name, &plan.name).await?;
     let Some(have) = have else {
         backend
             .put_consumer(stream_name, want.into_consumer_config(), false)
             .await?;
-        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, filters = %plan.filters.join(","), "created consumer");
+        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, takes = %plan.filters.join(","), "created consumer");
         return Ok(());
     };
     let mut fixed = Vec::new();

@@ -54,10 +54,18 @@ pub struct ConsumerPlan {
     pub durable: bool,
     /// The handler's subject filter.
     pub filter: String,
-    /// The consumer's filter subjects: the handler's filter, or, for a handler of an event set
-    /// that gave no subject, the patterns of the set's events, so that event types outside the
-    /// set are not delivered to it. (A subject given on the attribute is used as it is: an
-    /// event type outside the set that it matches is dead-lettered as unknown.)
+    /// The subjects the handler takes: its filter, or, for a handler of an event set that gave
+    /// no subject, the patterns of the set's events, so that event types outside the set do
+    /// not reach it. (A subject given on the attribute is used as it is: an event type outside
+    /// the set that it matches is dead-lettered as unknown.)
+    ///
+    /// On the aggregate's own stream the consumer itself has no filter: it reads the whole
+    /// stream, and dispatch acks and skips the events that match none of these (on a stream
+    /// adopted because it already covered the aggregate, these are the consumer's filters). On nats-server 2.10 and later a consumer
+    /// whose filter has a wildcard over many subjects (`order.*.created` over thousands of
+    /// order ids) reads several times slower than one with none (on 2.10.26 even a filter
+    /// equal to the stream's own subject, `order.>`, read 400 events/s against 146,000/s
+    /// unfiltered), while skipping costs one ack per event skipped.
     pub filters: Vec<String>,
     /// Where a new consumer starts.
     pub deliver: DeliverPolicy,

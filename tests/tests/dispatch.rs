@@ -842,6 +842,59 @@ async fn ordered_handles_one_aggregate_at_a_time_in_order_and_aggregates_in_para
 }
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "dsp_ordwait", name = "stepped")]
+struct OrdWaitStepped {
+    #[event(aggregate_id)]
+    id: String,
+    n: u32,
+}
+
+static ORDWAIT: Mutex<Vec<(u32, u64)>> = Mutex::new(Vec::new());
+
+#[event_handler(ordered, ack_wait = "1s")]
+async fn ordwait_step(event: OrdWaitStepped, ctx: EventContext) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ORDWAIT.lock().unwrap().push((event.n, ctx.attempt()));
+    Ok(())
+}
+
+/// Events pulled ahead of their handler (they wait in their aggregate's lane behind the one in
+/// flight, the last for about 2.1 s against an ack wait of 1 s) are kept with in-progress acks:
+/// none is delivered again while it waits, and each is handled once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_buffered_ahead_of_its_handler_is_not_redelivered_while_it_waits() {
+    let server = NatsServer::start().await;
+    let probe = Probe::new(&server).await;
+    let publisher = eventbus_tests::publisher(&server.url(), "dsp").await;
+    for n in 1..=4 {
+        publisher
+            .publish(&OrdWaitStepped { id: "a".into(), n })
+            .await
+            .unwrap();
+    }
+    let bus = start_bus(&server, "dsp", "ordwait_step").await;
+    wait_until(TIMEOUT, "four events are handled", || async {
+        ORDWAIT.lock().unwrap().len() >= 4
+    })
+    .await;
+    let info = probe
+        .settled(TIMEOUT, "DSP_ORDWAIT", "dsp-ordwait_step")
+        .await;
+    assert_eq!(
+        *ORDWAIT.lock().unwrap(),
+        [(1, 1), (2, 1), (3, 1), (4, 1)],
+        "each once, in order, at its first delivery"
+    );
+    assert_eq!(
+        (info.delivered.consumer_sequence, info.num_redelivered),
+        (4, 0),
+        "no event was delivered again while it waited: {info:?}"
+    );
+    bus.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
 #[event(aggregate = "dsp_ordfail", name = "stepped")]
 struct OrdFailStepped {
     #[event(aggregate_id)]

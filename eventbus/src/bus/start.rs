@@ -71,7 +71,8 @@ impl Builder {
                     plan.name,
                     &uuid::Uuid::now_v7().simple().to_string()[20..]
                 );
-                let config = provision::consumer_config(plan, &name).into_consumer_config();
+                let config =
+                    provision::consumer_config(plan, &stream_name, &name).into_consumer_config();
                 backend.put_consumer(&stream_name, config, false).await?;
                 running.ephemeral.push((stream_name.clone(), name.clone()));
                 name

@@ -11,8 +11,9 @@ mod ordered;
 mod rescue;
 mod settle;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use futures::stream::FuturesUnordered;
@@ -75,18 +76,29 @@ pub(crate) struct Worker {
     pub(crate) observer: Option<Arc<dyn Observer>>,
 }
 
+impl Worker {
+    /// Whether the handler takes an event on `subject` (see `ConsumerPlan::filters`): its
+    /// consumer has no filter, and the others are skipped.
+    fn takes(&self, subject: &str) -> bool {
+        self.plan
+            .filters
+            .iter()
+            .any(|f| crate::rules::filter_covers(f, subject))
+    }
+}
+
 /// The pause after a failed pull before the next one.
 const PULL_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs a worker until `stop` turns true, then lets in-flight handlers finish within `grace`.
 ///
-/// Events are pulled by credit, only for free handler slots (see `backend/pull.rs`): each
-/// event the worker receives starts at once and is kept with in-progress acks from then on.
-/// Prefetching more would leave events waiting in the client's buffer, where nothing keeps
-/// them: once the ack wait passes, the server delivers them again and they are handled twice.
-/// It also leaves the rest of the backlog to the other instances sharing the durable
-/// consumer. Credit is asked for in batches of a quarter of the slots (at least one), and
-/// requests overlap, so the flow does not stop while a pull travels.
+/// Events are pulled by credit (see `backend/pull.rs`): for the free handler slots, plus the
+/// events the handlers finish in about 20 ms (measured, at most 512; see [`Ahead`]). An event
+/// that arrives while every slot is busy waits in the worker's queue and is kept with
+/// in-progress acks there, so the server does not deliver it again once its ack wait passes;
+/// slow handlers get nothing ahead, which leaves the rest of the backlog to the other
+/// instances sharing the durable consumer. Credit is asked for in batches of a quarter of the
+/// window, and requests overlap, so the flow does not stop while a pull travels.
 ///
 /// With `given_up` (the consumer's notices of events the server gave up on), the safety net of
 /// `rescue.rs` runs beside it and dead-letters those.
@@ -103,9 +115,16 @@ pub(crate) async fn run(
     // The handlers in flight, polled by this worker's task: no task is spawned per event.
     let mut tasks: Tasks = FuturesUnordered::new();
     let permits = Arc::new(Semaphore::new(plan.concurrency));
-    let min_batch = (plan.concurrency / 4).max(1);
-    // Slots reserved for events asked for and not yet received.
-    let mut reserved: Vec<OwnedSemaphorePermit> = Vec::new();
+    // Events received while every slot was busy, oldest first, with when they came.
+    let mut queue: VecDeque<(Incoming, Instant)> = VecDeque::new();
+    // Credit asked for and not yet used (events on their way).
+    let mut credit: usize = 0;
+    let mut ahead = Ahead::new(plan);
+    // Queued events are kept alive once they waited a quarter of the ack wait; the rate of
+    // finished events is measured at least every 100 ms.
+    let keep_every = (plan.ack_wait / 4).max(Duration::from_millis(50));
+    let mut keep_tick = tokio::time::interval(keep_every.min(Duration::from_millis(100)));
+    keep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let lanes = Lanes::default();
     let keeper = plan.ordered.then(|| {
         lanes.keep_alive(
@@ -125,35 +144,30 @@ pub(crate) async fn run(
         if *stop.borrow() {
             break;
         }
-        // One at a time for a while after a drop (see `backend/pull.rs`), else by free slots.
-        let limit = puller.credit_limit();
-        let want = if reserved.is_empty() {
-            1
-        } else {
-            min_batch.min(limit)
-        };
+        // Queued events take the slots that came free.
+        while !queue.is_empty() {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let (msg, _) = queue.pop_front().expect("a queued event");
+            start(&worker, &mut tasks, &lanes, &stop, msg, permit);
+        }
+        // Ask for what fills the free slots and the room ahead of them; one at a time for a
+        // while after a drop (see `backend/pull.rs`).
+        let in_flight = plan.concurrency - permits.available_permits();
+        let held = in_flight + queue.len() + credit;
+        let want = (plan.concurrency + ahead.room())
+            .saturating_sub(held)
+            .min(puller.credit_limit().saturating_sub(credit));
+        let batch = if credit == 0 { 1 } else { ahead.batch() };
         tokio::select! {
             biased;
             _ = stop.changed() => break 'pull,
-            Some(()) = tasks.next(), if !tasks.is_empty() => {}
-            p = permits.clone().acquire_many_owned(want as u32), if reserved.len() < limit => {
-                let mut p = p.expect("semaphore is never closed");
-                let mut slots = Vec::with_capacity(plan.concurrency);
-                while p.num_permits() > 1 {
-                    slots.push(p.split(1).expect("more than one permit"));
-                }
-                slots.push(p);
-                while slots.len() + reserved.len() < limit {
-                    match permits.clone().try_acquire_owned() {
-                        Ok(more) => slots.push(more),
-                        Err(_) => break,
-                    }
-                }
-                slots.truncate(limit - reserved.len());
-                match puller.request(slots.len()).await {
-                    Ok(()) => reserved.extend(slots),
+            Some(()) = tasks.next(), if !tasks.is_empty() => ahead.finished(),
+            _ = std::future::ready(()), if want >= batch => {
+                match puller.request(want).await {
+                    Ok(()) => credit += want,
                     Err(e) => {
-                        drop(slots);
                         tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot pull; retrying");
                         tokio::select! {
                             _ = stop.changed() => break 'pull,
@@ -165,26 +179,24 @@ pub(crate) async fn run(
             pulled = puller.next() => {
                 match pulled {
                     Pulled::Message(msg) => {
-                        let permit = match reserved.pop() {
-                            Some(p) => p,
-                            None => {
-                                // More events than credit (a pull that outlived a reset):
-                                // keep it until a slot is free.
-                                let _ = msg.settle(AckKind::Progress).await;
-                                tokio::select! {
-                                    _ = stop.changed() => break 'pull,
-                                    p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-                                }
+                        credit = credit.saturating_sub(1);
+                        if !worker.takes(msg.subject()) {
+                            // Not this handler's: the consumer reads the whole stream.
+                            if let Err(e) = msg.settle(AckKind::Ack).await {
+                                tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot ack an event skipped; the server will deliver it again");
                             }
-                        };
-                        start(&worker, &mut tasks, &lanes, &stop, msg, permit);
+                            continue;
+                        }
+                        match permits.clone().try_acquire_owned() {
+                            Ok(permit) if queue.is_empty() => {
+                                start(&worker, &mut tasks, &lanes, &stop, msg, permit);
+                            }
+                            _ => queue.push_back((msg, Instant::now())),
+                        }
                     }
-                    Pulled::Returned(n) => {
-                        let keep = reserved.len().saturating_sub(n);
-                        reserved.truncate(keep);
-                    }
+                    Pulled::Returned(n) => credit = credit.saturating_sub(n),
                     Pulled::Reset => {
-                        reserved.clear();
+                        credit = 0;
                         // What the old pull still had on its way is pending on the server: the
                         // ordered gate holds its aggregates' later events back.
                         if plan.ordered && !arm(&worker, &lanes, &mut stop).await {
@@ -192,7 +204,7 @@ pub(crate) async fn run(
                         }
                     }
                     Pulled::Failed(e) => {
-                        reserved.clear();
+                        credit = 0;
                         tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "pull failed; pulling again shortly");
                         tokio::select! {
                             _ = stop.changed() => break 'pull,
@@ -201,11 +213,24 @@ pub(crate) async fn run(
                     }
                 }
             }
+            _ = keep_tick.tick() => {
+                ahead.measure();
+                // Queued events still waiting are kept, so the server does not deliver them
+                // again meanwhile.
+                for (msg, since) in &queue {
+                    if since.elapsed() >= keep_every {
+                        let _ = msg.settle(AckKind::Progress).await;
+                    }
+                }
+            }
         }
     }
-    drop(reserved);
-    // Stop pulling. Nothing was pulled that did not start; an event still waiting in an ordered
-    // lane is neither acked nor nak'd, and the server redelivers it after the ack wait.
+    // Stop pulling. Events still queued go back to the server at once, for this consumer's
+    // other instances (or the next start); an event still waiting in an ordered lane is
+    // neither acked nor nak'd, and the server redelivers it after the ack wait.
+    for (msg, _) in queue.drain(..) {
+        let _ = msg.settle(AckKind::Nak(None)).await;
+    }
     if let Some(k) = keeper {
         k.abort();
     }
@@ -223,6 +248,73 @@ pub(crate) async fn run(
             "grace period over; stopping handlers that did not finish (their events are not acked and will be redelivered)"
         );
         drop(tasks);
+    }
+}
+
+/// How far a worker pulls ahead of its free handler slots: the events its handlers finish in
+/// [`AHEAD_HORIZON`], measured, at most [`MAX_AHEAD`]. Fast handlers thus have events at
+/// hand when a slot comes free (the pull's round trip does not stall them), and slow handlers
+/// get none ahead: an event waiting for a slot waits at most about that horizon, is kept with
+/// in-progress acks meanwhile, and is not taken from the consumer's other instances. Ordered
+/// workers pull nothing ahead (their lanes already hold what waits).
+struct Ahead {
+    ordered: bool,
+    concurrency: usize,
+    /// Events finished since the last measure.
+    finished: u64,
+    since: Instant,
+    /// Events finished per second, smoothed.
+    rate: f64,
+}
+
+/// How much work a worker pulls ahead of its free slots (see [`Ahead`]).
+const AHEAD_HORIZON: Duration = Duration::from_millis(20);
+/// The most events a worker pulls ahead of its free slots.
+const MAX_AHEAD: usize = 512;
+
+impl Ahead {
+    fn new(plan: &ConsumerPlan) -> Ahead {
+        Ahead {
+            ordered: plan.ordered,
+            concurrency: plan.concurrency,
+            finished: 0,
+            since: Instant::now(),
+            rate: 0.0,
+        }
+    }
+
+    fn finished(&mut self) {
+        self.finished += 1;
+    }
+
+    /// Updates the rate from what finished since the last call.
+    fn measure(&mut self) {
+        let elapsed = self.since.elapsed().as_secs_f64();
+        if elapsed <= 0.0 {
+            return;
+        }
+        let now = self.finished as f64 / elapsed;
+        self.rate = if self.rate == 0.0 {
+            now
+        } else {
+            0.5 * self.rate + 0.5 * now
+        };
+        self.finished = 0;
+        self.since = Instant::now();
+    }
+
+    /// How many events to hold beyond the handler slots.
+    fn room(&self) -> usize {
+        if self.ordered {
+            return 0;
+        }
+        ((self.rate * AHEAD_HORIZON.as_secs_f64()) as usize).min(MAX_AHEAD)
+    }
+
+    /// The least credit worth a pull request while some is on its way: a quarter of the
+    /// window, so requests overlap and the flow does not stop while one travels.
+    fn batch(&self) -> usize {
+        ((self.concurrency + self.room()) / 4).max(1)
     }
 }
 

@@ -1,0 +1,243 @@
+//! Benchmark: a default handler consuming a backlog, against the fastest raw async-nats consumer
+//! of the same events, over a matrix of aggregate ids, event types and events per aggregate, on
+//! the same server in the same run.
+//!
+//! Run: `cargo run --release -p eventbus-tests --bin bench_consume -- [max-events]`
+//! (default 100000). It runs on the server of `NATS_SERVER_BIN` and, when set, also on
+//! `NATS_SERVER_210_BIN` (nats-server 2.10). Each cell stores `ids × per-aggregate` events (at
+//! least 20,000 and at most `max-events`: the events per aggregate are raised or lowered to fit,
+//! and the line says what was stored) of one or three event types in turn (`tick`, `tock`,
+//! `tack`), each with eventbus's headers and a 128-byte JSON body. Then, each on a fresh durable
+//! consumer reading the whole backlog:
+//!
+//! - raw, unfiltered: pull, decode each `tick`, ack every event;
+//! - raw, filtered on `bench.*.tick` (three types only): pull, decode, ack. A filter with a
+//!   wildcard over many subjects is the server's slow path on 2.10+; a run is cut after 10 s and
+//!   its rate taken from what it read by then;
+//! - eventbus: `#[event_handler]` on `Tick`, every option at its default (or the concurrency
+//!   of `BENCH_CONCURRENCY`), timed from the moment `start()` returned.
+//!
+//! It prints, per cell, the rates of `tick` events handled and the ratio eventbus / the faster
+//! raw consumer (1.0: as fast as raw; the target is 0.9 or more).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use eventbus::prelude::*;
+use eventbus::ConsumerOptions;
+use eventbus_tests::NatsServer;
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "bench", name = "tick")]
+struct Tick {
+    #[event(aggregate_id)]
+    id: String,
+    n: u64,
+    note: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "bench", name = "tock")]
+struct Tock {
+    #[event(aggregate_id)]
+    id: String,
+    n: u64,
+    note: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "bench", name = "tack")]
+struct Tack {
+    #[event(aggregate_id)]
+    id: String,
+    n: u64,
+    note: String,
+}
+
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+static DONE: Notify = Notify::const_new();
+
+#[event_handler]
+async fn bench_tick(event: Tick) -> Result<(), HandlerError> {
+    std::hint::black_box(&event);
+    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
+        DONE.notify_one();
+    }
+    Ok(())
+}
+
+/// How long a raw run may take before it is cut.
+const CUT: Duration = Duration::from_secs(10);
+
+/// A raw consumer's rate of `tick` events: `filter` empty reads everything and skips the rest.
+async fn raw_round(js: &jetstream::Context, name: &str, filter: &str, total: usize) -> f64 {
+    let stream = js.get_stream("BENCH").await.expect("stream");
+    let c: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject: filter.to_owned(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let expected = if filter.is_empty() {
+        total
+    } else {
+        c.cached_info().num_pending as usize
+    };
+    let started = Instant::now();
+    let mut messages = c
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await
+        .expect("messages");
+    let (mut seen, mut ticks) = (0, 0);
+    while seen < expected && started.elapsed() < CUT {
+        let Ok(Some(m)) = tokio::time::timeout(CUT, messages.next()).await else {
+            break;
+        };
+        let m = m.expect("message");
+        if m.subject.ends_with(".tick") {
+            let t: Tick = serde_json::from_slice(&m.payload).expect("decode");
+            std::hint::black_box(&t);
+            ticks += 1;
+        }
+        m.ack().await.expect("ack");
+        seen += 1;
+    }
+    js.client().flush().await.expect("flush");
+    ticks as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A default eventbus handler's rate of `tick` events.
+async fn eventbus_round(url: &str, name: &str, ticks: usize) -> f64 {
+    HANDLED.store(0, Ordering::SeqCst);
+    TARGET.store(ticks, Ordering::SeqCst);
+    let concurrency = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .map(|c| c.parse().expect("BENCH_CONCURRENCY"));
+    let bus = eventbus::builder()
+        .no_env()
+        .url(url)
+        .service("bench")
+        .only_handlers(["bench_tick"])
+        .handler(
+            "bench_tick",
+            ConsumerOptions {
+                durable_name: Some(name.to_owned().into()),
+                concurrency,
+                ..Default::default()
+            },
+        )
+        .start()
+        .await
+        .expect("bus");
+    // From the moment it runs, as the raw rounds are timed from their consumer's creation.
+    let started = Instant::now();
+    DONE.notified().await;
+    let rate = ticks as f64 / started.elapsed().as_secs_f64();
+    bus.shutdown().await.expect("shutdown");
+    rate
+}
+
+/// Stores the cell's backlog; returns how many events and how many of them are `tick`s.
+async fn backlog(js: &jetstream::Context, ids: usize, per: usize, types: usize) -> (usize, usize) {
+    let total = ids * per;
+    let mut pending = Vec::with_capacity(1000);
+    let mut ticks = 0;
+    let note = "x".repeat(64);
+    let options = eventbus::__private::EncodeOptions {
+        source: "bench",
+        ..Default::default()
+    };
+    for i in 0..total {
+        let (id, n) = (format!("a{}", i % ids), i as u64);
+        let note = note.clone();
+        let enc = match i % types {
+            0 => {
+                ticks += 1;
+                eventbus::__private::encode(&Tick { id, n, note }, &options)
+            }
+            1 => eventbus::__private::encode(&Tock { id, n, note }, &options),
+            _ => eventbus::__private::encode(&Tack { id, n, note }, &options),
+        }
+        .expect("encode");
+        pending.push(
+            js.publish_with_headers(enc.subject.into_string(), enc.headers, enc.payload)
+                .await
+                .expect("publish"),
+        );
+        if pending.len() == 1000 {
+            for p in pending.drain(..) {
+                p.await.expect("ack");
+            }
+        }
+    }
+    for p in pending.drain(..) {
+        p.await.expect("ack");
+    }
+    (total, ticks)
+}
+
+async fn run_on(binary: Option<String>, max_events: usize) {
+    let server = match binary {
+        Some(b) => NatsServer::builder().binary(b).start().await,
+        None => NatsServer::start().await,
+    };
+    let url = server.url();
+    let version = server.version();
+    println!("nats-server {version:?}");
+    println!(
+        "{:>7} {:>6} {:>5} {:>8} | {:>10} {:>10} {:>10} | ratio",
+        "ids", "per-id", "types", "events", "raw-all/s", "raw-filt/s", "eventbus/s"
+    );
+    let mut cell = 0;
+    let mut done = std::collections::BTreeSet::new();
+    for ids in [10, 1_000, 100_000] {
+        for per in [1, 10, 100] {
+            for types in [1, 3] {
+                let least = 20_000usize.div_ceil(ids);
+                let per = per.clamp(least, (max_events / ids).max(least));
+                if !done.insert((ids, per, types)) {
+                    continue;
+                }
+                cell += 1;
+                let publisher = eventbus_tests::publisher(&url, "bench").await;
+                let js = publisher.jetstream().expect("a NATS bus").clone();
+                let (total, ticks) = backlog(&js, ids, per, types).await;
+                let all = raw_round(&js, &format!("raw-all-{cell}"), "", total).await;
+                let filtered = if types > 1 {
+                    raw_round(&js, &format!("raw-filt-{cell}"), "bench.*.tick", total).await
+                } else {
+                    0.0
+                };
+                let eb = eventbus_round(&url, &format!("eventbus-{cell}"), ticks).await;
+                let best = all.max(filtered);
+                println!(
+                    "{ids:>7} {per:>6} {types:>5} {total:>8} | {all:>10.0} {filtered:>10.0} {eb:>10.0} | {:.2}",
+                    eb / best
+                );
+                js.delete_stream("BENCH").await.expect("delete the stream");
+                publisher.shutdown().await.expect("shutdown");
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let max_events: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("max events"))
+        .unwrap_or(100_000);
+    run_on(None, max_events).await;
+    if let Ok(old) = std::env::var("NATS_SERVER_210_BIN") {
+        run_on(Some(old), max_events).await;
+    }
+}
