@@ -109,10 +109,18 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
             }
         }
 
+        // The payload's JSON Schema when the type derives `schemars::JsonSchema`, else none
+        // (the AsyncAPI document marks the payload unknown).
+        fn __eventbus_schema() -> ::core::option::Option<::eventbus::__private::serde_json::Value> {
+            #[allow(unused_imports)]
+            use ::eventbus::__private::{NoSchema as _, SchemaFromJsonSchema as _};
+            (&&::eventbus::__private::SchemaProbe::<#ident>::new()).event_schema()
+        }
 
         ::eventbus::__private::inventory::submit! {
             ::eventbus::__private::EventRegistration {
                 descriptor: <#ident as ::eventbus::EventSet>::EVENTS[0],
+                schema: __eventbus_schema,
             }
         }
     }

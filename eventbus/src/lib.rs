@@ -7,6 +7,7 @@ mod aggregate;
 mod backend;
 mod bus;
 mod config;
+mod contract;
 mod dispatch;
 mod dlq;
 mod envelope;
@@ -44,6 +45,19 @@ pub use crate::publish::{PublishOptions, Published};
 pub use crate::read::{Read, Recorded};
 pub use crate::subject::Subject;
 pub use crate::topology::{ConsumerPlan, StreamPlan, Topology};
+
+/// The AsyncAPI 3.0 document of the service this program runs, without connecting: every
+/// registered handler and event, with the settings read from the environment. The same as
+/// `eventbus::builder().asyncapi()`; see [`Builder::asyncapi`].
+pub fn asyncapi() -> Result<serde_json::Value, Error> {
+    builder().asyncapi()
+}
+
+/// The crate that gives event payloads their JSON Schema: derive
+/// `eventbus::schemars::JsonSchema` (with `#[schemars(crate = "eventbus::schemars")]`), or
+/// `schemars::JsonSchema` from a `schemars = "1"` dependency of your own.
+#[cfg(feature = "schema")]
+pub use schemars;
 
 /// Registers an `async fn(event, ctx) -> Result<(), E>` as a handler.
 pub use eventbus_derive::event_handler;

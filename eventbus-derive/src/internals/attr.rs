@@ -490,6 +490,8 @@ pub(crate) struct Handler {
     pub(crate) ordered: Option<Given<bool>>,
     pub(crate) ack_wait: Option<Given<u64>>,
     pub(crate) backoff: Option<Given<Vec<u64>>>,
+    /// `publishes = [OrderShipped, OrderCancelled]`: the event types the handler publishes.
+    pub(crate) publishes: Option<Given<Vec<syn::Type>>>,
 }
 
 impl Handler {
@@ -507,6 +509,7 @@ impl Handler {
         let mut ordered = Attr::none(cx, HANDLER_WHAT, ORDERED);
         let mut ack_wait = Attr::none(cx, HANDLER_WHAT, ACK_WAIT);
         let mut backoff = Attr::none(cx, HANDLER_WHAT, BACKOFF);
+        let mut publishes = Attr::none(cx, HANDLER_WHAT, PUBLISHES);
 
         let parser = syn::meta::parser(|meta| {
             let key = &meta.path;
@@ -579,6 +582,9 @@ impl Handler {
             } else if key == BACKOFF {
                 let v = value_of(cx, &meta, "backoff = [\"1s\", \"5s\", \"30s\"]")?;
                 backoff.set(key, v.and_then(|v| backoff_value(cx, &v)));
+            } else if key == PUBLISHES {
+                let v = value_of(cx, &meta, "publishes = [OrderShipped]")?;
+                publishes.set(key, v.and_then(|v| publishes_value(cx, &v)));
             } else {
                 skip_value(&meta)?;
                 cx.error_spanned_by(key, unknown_key(HANDLER_WHAT, key, HANDLER_KEYS));
@@ -601,6 +607,7 @@ impl Handler {
             ordered: ordered.get(),
             ack_wait: ack_wait.get(),
             backoff: backoff.get(),
+            publishes: publishes.get(),
         }
     }
 }
@@ -645,6 +652,36 @@ fn durable_value(cx: &Ctxt, expr: &Expr) -> Option<(Durable, Span)> {
         );
         None
     }
+}
+
+/// `[OrderShipped, crate::events::OrderCancelled]`: a list of type paths.
+fn publishes_value(cx: &Ctxt, expr: &Expr) -> Option<(Vec<syn::Type>, Span)> {
+    const USAGE: &str = "`publishes = [OrderShipped, OrderCancelled]`";
+    let Expr::Array(array) = expr else {
+        cx.error_spanned_by(
+            expr,
+            format!("expected a list of the event types the handler publishes: {USAGE}"),
+        );
+        return None;
+    };
+    if array.elems.is_empty() {
+        cx.error_spanned_by(
+            array,
+            format!("`publishes` needs at least one event type: {USAGE}"),
+        );
+        return None;
+    }
+    let mut types = Vec::new();
+    for e in &array.elems {
+        match e {
+            Expr::Path(p) if p.qself.is_none() => types.push(syn::Type::Path(syn::TypePath {
+                qself: None,
+                path: p.path.clone(),
+            })),
+            _ => cx.error_spanned_by(e, format!("expected an event type: {USAGE}")),
+        }
+    }
+    (types.len() == array.elems.len()).then(|| (types, array.span()))
 }
 
 fn backoff_value(cx: &Ctxt, expr: &Expr) -> Option<(Vec<u64>, Span)> {

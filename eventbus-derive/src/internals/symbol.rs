@@ -31,6 +31,7 @@ pub(crate) const CONCURRENCY: Symbol = Symbol("concurrency");
 pub(crate) const ORDERED: Symbol = Symbol("ordered");
 pub(crate) const ACK_WAIT: Symbol = Symbol("ack_wait");
 pub(crate) const BACKOFF: Symbol = Symbol("backoff");
+pub(crate) const PUBLISHES: Symbol = Symbol("publishes");
 
 /// Every key of `#[event_handler(...)]`, for the "unknown option" message.
 pub(crate) const HANDLER_KEYS: &[Symbol] = &[
@@ -45,6 +46,7 @@ pub(crate) const HANDLER_KEYS: &[Symbol] = &[
     ORDERED,
     ACK_WAIT,
     BACKOFF,
+    PUBLISHES,
 ];
 
 impl PartialEq<Symbol> for Ident {
