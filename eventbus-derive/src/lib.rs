@@ -41,6 +41,7 @@ mod internals;
 /// | `name = "created"` | required: the event type, the subject's last token; stable on the wire, whatever the Rust type is called |
 /// | `version = 2` | the schema version (default 1), in `ce-type` as `order.created.v2` |
 /// | `cloud_type = "com.example.orders.created"` | the CloudEvents type other producers give the event, read as it |
+/// | `upcast = order_created_from` | (with `version` ≥ 2) a `fn(u32, serde_json::Value) -> Result<serde_json::Value, eventbus::UpcastError>` turning the JSON of an older version into this one: events stored as an older version are handled, read and loaded as this one |
 ///
 /// `aggregate` and `name` are one subject token of ASCII letters, digits, `_` and `-`. Exactly
 /// one field, named or positional, is marked `#[event(aggregate_id)]`; its type implements

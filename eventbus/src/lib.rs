@@ -37,7 +37,9 @@ pub use crate::config::{
 pub use crate::dlq::{dlq_headers, DeadLetter};
 pub use crate::envelope::{headers, ContentMode, Metadata};
 pub use crate::error::{Conflict, Error, ErrorKind};
-pub use crate::event::{AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet};
+pub use crate::event::{
+    AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet, UpcastError,
+};
 pub use crate::handler::{
     Delivery, EventContext, FromContext, HandlerError, Retry, State, StateType,
 };

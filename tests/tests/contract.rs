@@ -1,14 +1,19 @@
 //! Event contracts (README, "Contracts"): the AsyncAPI document of a test registry, validated by
 //! the official AsyncAPI parser (`@asyncapi/parser`, installed by
 //! `scripts/install-asyncapi-parser.sh` and given as `EVENTBUS_ASYNCAPI_NODE_MODULES`; without
-//! it that validation prints a note, and fails in CI).
+//! it that validation prints a note, and fails in CI); and upcasting, on the in-process broker and on a real nats-server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use eventbus::prelude::*;
-use eventbus::ErrorKind;
-use eventbus_tests::validate_asyncapi;
+use eventbus::{ErrorKind, UpcastError};
+use eventbus_tests::{validate_asyncapi, wait_for, wait_until};
 use schemars::JsonSchema;
 use serde_json::{json, Value};
 
+const TIMEOUT: Duration = Duration::from_secs(20);
 const SERVICE: &str = "shop";
 
 // ---------------------------------------------------------------------------------------------
@@ -196,13 +201,20 @@ fn the_official_parser_accepts_the_document() {
     if let Some(report) = validate_asyncapi(&document()) {
         assert!(report.contains("valid AsyncAPI 3.0.0"), "{report}");
     }
-    // Every handler of the binary.
+    // Every handler of the binary, with the upcasting events' two versions of one channel.
     let all = eventbus::builder()
         .no_env()
         .service(SERVICE)
         .all_handlers()
         .asyncapi()
         .unwrap();
+    assert_eq!(
+        all["channels"]["ct_acct.opened"]["messages"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
     validate_asyncapi(&all);
 }
 
@@ -214,4 +226,217 @@ fn a_topology_problem_is_the_documents_error() {
         .asyncapi()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Registry, "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upcasting, on both backends
+// ---------------------------------------------------------------------------------------------
+
+/// Version 1, as the events in the stream were written before the upcaster existed.
+mod v1 {
+    use super::*;
+
+    #[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+    #[event(aggregate = "ct_acct", name = "opened")]
+    pub(super) struct AccountOpened {
+        #[event(aggregate_id)]
+        pub(super) account_id: String,
+        pub(super) owner: String,
+    }
+
+    #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    #[event(aggregate = "ct_cust", name = "renamed")]
+    pub(super) struct CustomerRenamed {
+        #[event(aggregate_id)]
+        pub(super) id: String,
+        pub(super) name: String,
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+struct Owner {
+    name: String,
+    verified: bool,
+}
+
+/// Version 2: the owner became an object; stored v1 events are upcast.
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[event(aggregate = "ct_acct", name = "opened", version = 2, upcast = account_opened_from)]
+struct AccountOpened {
+    #[event(aggregate_id)]
+    account_id: String,
+    owner: Owner,
+}
+
+fn account_opened_from(version: u32, mut data: Value) -> Result<Value, UpcastError> {
+    match version {
+        1 => {
+            let name = data["owner"].take();
+            if !name.is_string() {
+                return Err(UpcastError::invalid("`owner` is not a string"));
+            }
+            data["owner"] = json!({ "name": name, "verified": false });
+            Ok(data)
+        }
+        _ => Err(UpcastError::UnknownVersion),
+    }
+}
+
+/// Version 2 of another event, with no upcaster: stored v1 events are dead-lettered.
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "ct_cust", name = "renamed", version = 2)]
+struct CustomerRenamed {
+    #[event(aggregate_id)]
+    id: String,
+    first: String,
+    last: String,
+}
+
+static OPENED: Mutex<Vec<AccountOpened>> = Mutex::new(Vec::new());
+
+#[event_handler]
+async fn ct_open_account(event: AccountOpened) -> Result<(), HandlerError> {
+    OPENED.lock().unwrap().push(event);
+    Ok(())
+}
+
+#[event_handler]
+async fn ct_rename(_event: CustomerRenamed) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[derive(Default)]
+struct Account {
+    owner: Option<Owner>,
+}
+
+impl Aggregate for Account {
+    type Event = AccountOpened;
+    fn apply(&mut self, event: &AccountOpened) {
+        self.owner = Some(event.owner.clone());
+    }
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn id(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+async fn bus(url: &str, handlers: &[&str]) -> Bus {
+    eventbus::builder()
+        .no_env()
+        .url(url)
+        .service(SERVICE)
+        .only_handlers(handlers.iter().copied())
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("a bus on {url} does not start: {e}"))
+}
+
+async fn scenario_upcast(url: &str) {
+    let (upcast, refused) = (id("a"), id("c"));
+    // Before the upcaster: a service on version 1 stores its events.
+    let old = bus(url, &[]).await;
+    old.publish(&v1::AccountOpened {
+        account_id: upcast.clone(),
+        owner: "Ada".into(),
+    })
+    .await
+    .unwrap();
+    old.publish(&v1::CustomerRenamed {
+        id: refused.clone(),
+        name: "Grace Hopper".into(),
+    })
+    .await
+    .unwrap();
+    old.shutdown().await.unwrap();
+
+    // After: version 2 with an upcaster handles, reads and loads the v1 event as v2.
+    let new = bus(url, &["ct_open_account", "ct_rename"]).await;
+    let expected = AccountOpened {
+        account_id: upcast.clone(),
+        owner: Owner {
+            name: "Ada".into(),
+            verified: false,
+        },
+    };
+    wait_until(TIMEOUT, "the v1 event is handled as v2", || async {
+        OPENED.lock().unwrap().contains(&expected)
+    })
+    .await;
+    let read = new
+        .read::<AccountOpened>(upcast.clone())
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].event, expected);
+    assert_eq!(read[0].metadata.version, Some(1), "stored as version 1");
+    let loaded = new.load::<Account>(upcast.clone()).await.unwrap();
+    assert_eq!(loaded.state.owner, Some(expected.owner.clone()));
+    assert_eq!(loaded.version, 1);
+
+    // Version 2 without an upcaster: the v1 event is dead-lettered, naming both versions.
+    let dead = wait_for(
+        TIMEOUT,
+        "the v1 event without an upcaster is dead-lettered",
+        || async {
+            let all = new.dead_letters(Some("shop-ct_rename")).await.unwrap();
+            let mine: Vec<_> = all
+                .into_iter()
+                .filter(|d| d.original_subject.contains(&refused))
+                .collect();
+            (!mine.is_empty()).then_some(mine)
+        },
+    )
+    .await;
+    assert_eq!(dead[0].reason, "undecodable");
+    let why = &dead[0].error;
+    assert!(
+        why.contains("is version 1, older than version 2")
+            && why.contains("`CustomerRenamed` declares no upcaster"),
+        "{why}"
+    );
+    let err = new
+        .read::<CustomerRenamed>(refused.clone())
+        .collect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert!(
+        err.to_string().contains("version 1, older than version 2"),
+        "{err}"
+    );
+    new.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upcast_memory() {
+    scenario_upcast(&format!("memory://ct-upcast-{}", std::process::id())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upcast_nats() {
+    let server = eventbus_tests::NatsServer::start().await;
+    scenario_upcast(&server.url()).await;
+}
+
+#[test]
+fn an_upcaster_that_refuses_names_both_versions_and_its_reason() {
+    let mut headers = eventbus::HeaderMap::new();
+    headers.insert("ce-type", "ct_acct.opened.v1");
+    let body = br#"{"account_id":"a1","owner":7}"#;
+    let meta = eventbus::Metadata::from_parts("ct_acct.a1.opened", headers, body).unwrap();
+    let err = eventbus::__private::decode::<AccountOpened>(&meta, body).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("version 1, older than version 2") && msg.contains("`owner` is not a string"),
+        "{msg}"
+    );
 }

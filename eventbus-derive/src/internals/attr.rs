@@ -276,6 +276,8 @@ pub(crate) struct Container {
     /// `cloud_type = "com.example.orders.created"`: the CloudEvents type other producers use,
     /// checked for the characters the CloudEvents spec allows.
     pub(crate) cloud_type: Option<Given<String>>,
+    /// `upcast = path::to::function`: turns the JSON of an older version into this one.
+    pub(crate) upcast: Option<Given<syn::ExprPath>>,
     /// `aggregate_id` written on the type (it belongs on a field).
     pub(crate) aggregate_id: Option<Span>,
     /// The first `#[event(...)]` attribute, to point at when a key is missing.
@@ -293,6 +295,7 @@ impl Container {
         let mut name = Attr::none(cx, EVENT_WHAT, NAME);
         let mut version = Attr::none(cx, EVENT_WHAT, VERSION);
         let mut cloud_type = Attr::none(cx, EVENT_WHAT, CLOUD_TYPE);
+        let mut upcast = Attr::none(cx, EVENT_WHAT, UPCAST);
         let mut aggregate_id = Attr::none(cx, EVENT_WHAT, AGGREGATE_ID);
         let mut first_attr = None;
         let mut incomplete = false;
@@ -321,6 +324,9 @@ impl Container {
                 } else if meta.path == CLOUD_TYPE {
                     let v = value_of(cx, &meta, "cloud_type = \"com.example.orders.created\"")?;
                     cloud_type.set(&meta.path, v.and_then(|v| cloud_type_value(cx, &v)));
+                } else if meta.path == UPCAST {
+                    let v = value_of(cx, &meta, "upcast = order_created_from")?;
+                    upcast.set(&meta.path, v.and_then(|v| function_path(cx, &v)));
                 } else if meta.path == AGGREGATE_ID {
                     no_value(cx, &meta, "#[event(aggregate_id)]")?;
                     aggregate_id.set(&meta.path, Some(((), meta.path.span())));
@@ -331,7 +337,7 @@ impl Container {
                         unknown_key(
                             EVENT_WHAT,
                             &meta.path,
-                            &[AGGREGATE, NAME, VERSION, CLOUD_TYPE],
+                            &[AGGREGATE, NAME, VERSION, CLOUD_TYPE, UPCAST],
                         ),
                     );
                 }
@@ -347,6 +353,7 @@ impl Container {
             name.seen(),
             version.seen(),
             cloud_type.seen(),
+            upcast.seen(),
             aggregate_id.seen(),
         ]
         .into_iter()
@@ -359,6 +366,7 @@ impl Container {
             name: name.get(),
             version: version.get(),
             cloud_type: cloud_type.get(),
+            upcast: upcast.get(),
             aggregate_id: aggregate_id.get().map(|g| g.key),
             first_attr,
         }
@@ -408,6 +416,20 @@ fn cloud_type_value(cx: &Ctxt, expr: &Expr) -> Option<(String, Span)> {
     None
 }
 
+/// The path of the upcaster function: `upcast = order_created_from`.
+fn function_path(cx: &Ctxt, expr: &Expr) -> Option<(syn::ExprPath, Span)> {
+    match expr {
+        Expr::Path(p) if p.qself.is_none() => Some((p.clone(), p.span())),
+        _ => {
+            cx.error_spanned_by(
+                expr,
+                "expected the path of a function `fn(u32, serde_json::Value) -> Result<serde_json::Value, eventbus::UpcastError>`: `upcast = order_created_from`",
+            );
+            None
+        }
+    }
+}
+
 /// `#[event(aggregate_id)]` on a field: the span of `aggregate_id`, if present.
 pub(crate) fn field_aggregate_id(cx: &Ctxt, attrs: &[Attribute]) -> Option<Span> {
     let mut aggregate_id = Attr::none(cx, EVENT_WHAT, AGGREGATE_ID);
@@ -422,6 +444,7 @@ pub(crate) fn field_aggregate_id(cx: &Ctxt, attrs: &[Attribute]) -> Option<Span>
                     || meta.path == NAME
                     || meta.path == VERSION
                     || meta.path == CLOUD_TYPE
+                    || meta.path == UPCAST
                 {
                     format!(
                         "`{}` belongs on the type, not on a field; the only field attribute is `aggregate_id`",

@@ -16,6 +16,7 @@ pub(crate) const AGGREGATE: Symbol = Symbol("aggregate");
 pub(crate) const NAME: Symbol = Symbol("name");
 pub(crate) const VERSION: Symbol = Symbol("version");
 pub(crate) const CLOUD_TYPE: Symbol = Symbol("cloud_type");
+pub(crate) const UPCAST: Symbol = Symbol("upcast");
 // `#[event(...)]` on a field.
 pub(crate) const AGGREGATE_ID: Symbol = Symbol("aggregate_id");
 
