@@ -34,6 +34,7 @@ pub use crate::config::{
     AckPolicy, Config, ConsumerOptions, Credentials, DeliverPolicy, Discard, ReconnectConfig,
     ReplayPolicy, Retention, Storage, StreamOptions, TlsConfig,
 };
+pub use crate::contract::{breaking_changes, SchemaCheck};
 pub use crate::dlq::{dlq_headers, DeadLetter};
 pub use crate::envelope::{headers, ContentMode, Metadata};
 pub use crate::error::{Conflict, Error, ErrorKind};

@@ -1,13 +1,15 @@
 //! Event contracts (README, "Contracts"): the AsyncAPI document of a test registry, validated by
 //! the official AsyncAPI parser (`@asyncapi/parser`, installed by
 //! `scripts/install-asyncapi-parser.sh` and given as `EVENTBUS_ASYNCAPI_NODE_MODULES`; without
-//! it that validation prints a note, and fails in CI); and upcasting, on the in-process broker and on a real nats-server.
+//! it that validation prints a note, and fails in CI); the schema-compatibility check against
+//! snapshots; and upcasting, on the in-process broker and on a real nats-server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use eventbus::prelude::*;
+use eventbus::testing::{check_schemas, check_schemas_of};
 use eventbus::{ErrorKind, UpcastError};
 use eventbus_tests::{validate_asyncapi, wait_for, wait_until};
 use schemars::JsonSchema;
@@ -226,6 +228,115 @@ fn a_topology_problem_is_the_documents_error() {
         .asyncapi()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Registry, "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema compatibility against snapshots
+// ---------------------------------------------------------------------------------------------
+
+/// `ct_order.placed.v1` as it was committed before `note` was added.
+fn placed_snapshot_without_note() -> Value {
+    let mut v = eventbus::builder()
+        .no_env()
+        .service(SERVICE)
+        .only_handlers(["ct_bill"])
+        .asyncapi()
+        .unwrap()["components"]["messages"]["ct_order.placed.v1"]["payload"]
+        .clone();
+    v["properties"].as_object_mut().unwrap().remove("note");
+    v
+}
+
+#[test]
+fn an_added_optional_field_passes_and_rewrites_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ct_order.placed.v1.json");
+    std::fs::write(&path, placed_snapshot_without_note().to_string()).unwrap();
+
+    let check = check_schemas_of::<OrderPlaced>(dir.path()).unwrap();
+    assert_eq!(check.updated, std::slice::from_ref(&path));
+    let rewritten: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(rewritten["properties"]["note"].is_object());
+
+    let again = check_schemas_of::<OrderPlaced>(dir.path()).unwrap();
+    assert_eq!(again.unchanged, [path]);
+}
+
+#[test]
+fn a_removed_field_fails_naming_the_event_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    // The committed `ct_order.shipped.v1` had a `tracking` field the type no longer has.
+    let mut old = json!({
+        "type": "object",
+        "properties": {
+            "order_id": { "type": "string" },
+            "carrier": { "type": "string" },
+            "tracking": { "type": "string" }
+        },
+        "required": ["order_id", "carrier", "tracking"]
+    });
+    let path = dir.path().join("ct_order.shipped.v1.json");
+    std::fs::write(&path, old.to_string()).unwrap();
+
+    let err = check_schemas_of::<OrderShipped>(dir.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contract);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("ct_order.shipped.v1")
+            && msg.contains("OrderShipped")
+            && msg.contains("field `tracking` was removed"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("raise the event's `#[event(version = ...)]`"),
+        "{msg}"
+    );
+    // The failing check leaves the snapshot as committed.
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(kept, old);
+
+    // A type change is named the same way.
+    old["properties"]["carrier"] = json!({ "type": "integer" });
+    old["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("tracking");
+    old["required"] = json!(["order_id", "carrier"]);
+    std::fs::write(&path, old.to_string()).unwrap();
+    let msg = check_schemas_of::<OrderShipped>(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("field `carrier`: type changed from integer to string"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_new_version_writes_its_own_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    // Version 1 of `ct_acct.opened` had `owner` as a string; version 2 has an object, which
+    // would break readers of v1, but it is a new version: it gets a snapshot of its own.
+    let check = check_schemas(dir.path()).unwrap();
+    for written in [
+        "ct_acct.opened.v1.json",
+        "ct_acct.opened.v2.json",
+        "ct_order.placed.v1.json",
+    ] {
+        assert!(
+            check.written.contains(&dir.path().join(written)),
+            "{written} in {:?}",
+            check.written
+        );
+    }
+    assert!(check
+        .without_schema
+        .contains(&"ct_audit.noted.v1".to_owned()));
+    let again = check_schemas(dir.path()).unwrap();
+    assert!(
+        again.written.is_empty() && again.updated.is_empty(),
+        "{again:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
