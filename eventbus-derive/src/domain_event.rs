@@ -47,6 +47,31 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let rust_type = ident.unraw().to_string();
+    // The upcaster, spanned at the user's path: a function of another signature is reported
+    // there.
+    let upcast = attrs.upcast.as_ref().map(|u| {
+        let path = &u.value;
+        let f = quote_spanned! {u.span=>
+            let __eventbus_upcast: fn(
+                u32,
+                ::eventbus::__private::serde_json::Value,
+            ) -> ::core::result::Result<::eventbus::__private::serde_json::Value, ::eventbus::UpcastError> = #path;
+        };
+        quote! {
+            fn upcast(
+                __eventbus_name: &str,
+                __eventbus_version: u32,
+                __eventbus_data: ::eventbus::__private::serde_json::Value,
+            ) -> ::core::result::Result<::eventbus::__private::serde_json::Value, ::eventbus::UpcastError> {
+                #f
+                if __eventbus_name == #name {
+                    __eventbus_upcast(__eventbus_version, __eventbus_data)
+                } else {
+                    ::core::result::Result::Err(::eventbus::UpcastError::NoUpcaster)
+                }
+            }
+        }
+    });
     // Spanned at the id field's type: a type that is not an aggregate id is reported there.
     let member = match &id.member {
         Member::Named(ident) => {
@@ -107,12 +132,22 @@ fn event_struct(cont: &Container<'_>, id: &IdField<'_>) -> TokenStream {
             ) -> ::core::result::Result<Self, ::eventbus::DecodeError> {
                 ::eventbus::__private::event_from_json(__eventbus_name, __eventbus_body)
             }
+
+            #upcast
         }
 
+        // The payload's JSON Schema when the type derives `schemars::JsonSchema`, else none
+        // (the AsyncAPI document marks the payload unknown).
+        fn __eventbus_schema() -> ::core::option::Option<::eventbus::__private::serde_json::Value> {
+            #[allow(unused_imports)]
+            use ::eventbus::__private::{NoSchema as _, SchemaFromJsonSchema as _};
+            (&&::eventbus::__private::SchemaProbe::<#ident>::new()).event_schema()
+        }
 
         ::eventbus::__private::inventory::submit! {
             ::eventbus::__private::EventRegistration {
                 descriptor: <#ident as ::eventbus::EventSet>::EVENTS[0],
+                schema: __eventbus_schema,
             }
         }
     }
@@ -131,6 +166,7 @@ fn event_set(cont: &Container<'_>, variants: &[Variant<'_>]) -> TokenStream {
     let mut id_arms = Vec::new();
     let mut to_json_arms = Vec::new();
     let mut decoders = Vec::new();
+    let mut upcasters = Vec::new();
     let mut checks = TokenStream::new();
     for (i, v) in variants.iter().enumerate() {
         let (vident, ty) = (v.ident, v.ty);
@@ -140,6 +176,11 @@ fn event_set(cont: &Container<'_>, variants: &[Variant<'_>]) -> TokenStream {
         descriptor_arms.push(quote_spanned!(ty.span()=> #ident::#vident(__eventbus_event) => #set::descriptor(__eventbus_event)));
         id_arms.push(quote_spanned!(ty.span()=> #ident::#vident(__eventbus_event) => #set::id(__eventbus_event)));
         to_json_arms.push(quote_spanned!(ty.span()=> #ident::#vident(__eventbus_event) => #set::to_json(__eventbus_event)));
+        upcasters.push(quote_spanned! {ty.span()=>
+            if __eventbus_name == #set::EVENTS[0].name {
+                return #set::upcast(__eventbus_name, __eventbus_version, __eventbus_data);
+            }
+        });
         decoders.push(quote_spanned! {ty.span()=>
             if __eventbus_name == #set::EVENTS[0].name {
                 return #set::from_json(__eventbus_name, __eventbus_body).map(#ident::#vident);
@@ -220,6 +261,15 @@ fn event_set(cont: &Container<'_>, variants: &[Variant<'_>]) -> TokenStream {
                     name: ::std::borrow::ToOwned::to_owned(__eventbus_name),
                     aggregate: #aggregate,
                 })
+            }
+
+            fn upcast(
+                __eventbus_name: &str,
+                __eventbus_version: u32,
+                __eventbus_data: ::eventbus::__private::serde_json::Value,
+            ) -> ::core::result::Result<::eventbus::__private::serde_json::Value, ::eventbus::UpcastError> {
+                #(#upcasters)*
+                ::core::result::Result::Err(::eventbus::UpcastError::NoUpcaster)
             }
         }
 

@@ -93,6 +93,14 @@ fn registration(h: &Handler<'_>) -> TokenStream {
     };
 
     let options = options(h);
+    // Each published type spanned at itself: a type that is not an event is reported there.
+    let publishes: Vec<TokenStream> = h
+        .attrs
+        .publishes
+        .iter()
+        .flat_map(|p| p.value.iter())
+        .map(|ty| quote_spanned!(ty.span()=> <#ty as ::eventbus::EventSet>::EVENTS))
+        .collect();
 
     quote! {
         #subject_check
@@ -121,6 +129,7 @@ fn registration(h: &Handler<'_>) -> TokenStream {
                 event_type: #event_text,
                 events: <#event_ty as ::eventbus::EventSet>::EVENTS,
                 options: #options,
+                publishes: &[#(#publishes),*],
                 states: __eventbus_states,
                 call: __eventbus_call,
             }

@@ -40,6 +40,8 @@ mod internals;
 /// | `aggregate = "order"` | required: the aggregate type, the subject's first token |
 /// | `name = "created"` | required: the event type, the subject's last token; stable on the wire, whatever the Rust type is called |
 /// | `version = 2` | the schema version (default 1), in `ce-type` as `order.created.v2` |
+/// | `cloud_type = "com.example.orders.created"` | the CloudEvents type other producers give the event, read as it |
+/// | `upcast = order_created_from` | (with `version` ≥ 2) a `fn(u32, serde_json::Value) -> Result<serde_json::Value, eventbus::UpcastError>` turning the JSON of an older version into this one: events stored as an older version are handled, read and loaded as this one |
 ///
 /// `aggregate` and `name` are one subject token of ASCII letters, digits, `_` and `-`. Exactly
 /// one field, named or positional, is marked `#[event(aggregate_id)]`; its type implements
@@ -138,6 +140,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 /// | `backoff = ["1s", "5s", "30s"]` | delays before each retry; the last one repeats |
 /// | `concurrency = N` | events handled at once per instance (N ≥ 1) |
 /// | `ordered` / `ordered = true` | one aggregate's events one at a time, in stream order |
+/// | `publishes = [OrderShipped, OrderCancelled]` | the event types the handler publishes: the `send` operations of the service's AsyncAPI document |
 ///
 /// Durations are `<number><unit>` parts with units `h`, `m`, `s`, `ms`, largest first:
 /// `"500ms"`, `"30s"`, `"1m30s"`. `max_deliver`, `backoff` and `ack_wait` need acks, so they

@@ -314,6 +314,13 @@ pub struct Config {
     pub handlers: BTreeMap<String, ConsumerOptions>,
     /// The dead-letter stream's name (default `DLQ`, subjects `dlq.>`).
     pub dlq_stream: String,
+    /// The CloudEvents types (`order.created.v1`) of the events the service publishes besides
+    /// those its handlers declare (`#[event_handler(publishes = [...])]`): the `send`
+    /// operations of its AsyncAPI document. Set with `Builder::publishes::<E>()`.
+    pub publishes: Vec<String>,
+    /// The version of the service's API in its AsyncAPI document (`info.version`; default
+    /// `0.0.0`), e.g. `env!("CARGO_PKG_VERSION")`.
+    pub api_version: Option<String>,
 }
 
 impl Default for Config {
@@ -332,6 +339,8 @@ impl Default for Config {
             streams: BTreeMap::new(),
             handlers: BTreeMap::new(),
             dlq_stream: "DLQ".to_owned(),
+            publishes: Vec::new(),
+            api_version: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::{Error, ErrorKind};
-use crate::event::{DecodeError, EventSet};
+use crate::event::{DecodeError, EventDescriptor, EventSet, UpcastError};
 use crate::subject::{split_event_subject, Subject};
 
 /// Header names of the wire format.
@@ -732,7 +732,8 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 ///
 /// The event type is the `ce-type` one of the set's events declares (`cloud_type`), else
 /// eventbus's own `{aggregate}.{event}.v{version}`, else the subject's. An event of a version
-/// newer than the set's is refused, naming both; an older one is decoded as it is. A
+/// newer than the set's is refused, naming both; an older one goes through the event's
+/// upcaster (`#[event(upcast = ...)]`) first, and is refused, naming both, without one. A
 /// structured-mode CloudEvent's `data` is decoded, never the envelope.
 pub fn decode<E: EventSet>(meta: &Metadata, payload: &[u8]) -> Result<E, Error> {
     let body = meta.data.as_deref().unwrap_or(payload);
@@ -778,11 +779,47 @@ pub fn decode<E: EventSet>(meta: &Metadata, payload: &[u8]) -> Result<E, Error> 
                         ),
                     ));
                 }
-                // An older version is decoded with today's type: upcasting goes here.
+                if v < d.version {
+                    let upcast = upcast::<E>(meta, d, v, body)?;
+                    return from_json::<E>(meta, d.name, &upcast);
+                }
             }
             meta.event_type.as_str()
         }
     };
+    from_json::<E>(meta, name, body)
+}
+
+/// The body of an event written as version `v`, older than `d`'s, as version `d.version`:
+/// through the set's upcaster. Refused, naming both versions, when there is none or it fails.
+fn upcast<E: EventSet>(
+    meta: &Metadata,
+    d: &EventDescriptor,
+    v: u32,
+    body: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let refused = |why: String| {
+        Error::new(
+            ErrorKind::Decode,
+            format!(
+                "event `{}.{}` on `{}` is version {v}, older than version {} that `{}` reads, and cannot be upcast: {why}",
+                d.aggregate, d.name, meta.subject, d.version, d.rust_type
+            ),
+        )
+    };
+    let old: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| refused(format!("its body is not JSON ({e})")))?;
+    match E::upcast(d.name, v, old) {
+        Ok(new) => serde_json::to_vec(&new).map_err(|e| refused(e.to_string())),
+        Err(UpcastError::NoUpcaster) => Err(refused(format!(
+            "`{}` declares no upcaster; add `#[event(version = {}, upcast = ...)]` with a function turning version {v} into version {}",
+            d.rust_type, d.version, d.version
+        ))),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+fn from_json<E: EventSet>(meta: &Metadata, name: &str, body: &[u8]) -> Result<E, Error> {
     E::from_json(name, body).map_err(|e| match (&e, meta.mode) {
         (DecodeError::Json { .. }, ContentMode::Structured) => Error::new(
             ErrorKind::Decode,

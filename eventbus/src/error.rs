@@ -54,6 +54,9 @@ pub enum ErrorKind {
     NotSent,
     /// Shutting down failed.
     Shutdown,
+    /// An event's payload schema breaks readers of its committed snapshot, or a snapshot
+    /// cannot be read or written (`eventbus::testing::check_schemas`).
+    Contract,
 }
 
 impl fmt::Display for ErrorKind {
@@ -76,6 +79,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::NotSent => "not sent",
             ErrorKind::Shutdown => "shutdown",
+            ErrorKind::Contract => "event contract",
         };
         f.write_str(s)
     }

@@ -114,11 +114,59 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     /// Decodes an event of type `name` (the subject's last token) from its JSON body.
     fn from_json(name: &str, body: &[u8]) -> Result<Self, DecodeError>;
 
+    /// Turns the JSON body of version `version` of event type `name`, older than the version
+    /// the set reads, into the JSON of that version: the upcaster declared with
+    /// `#[event(version = 2, upcast = order_created_from)]`, or [`UpcastError::NoUpcaster`]
+    /// when the event declares none.
+    fn upcast(
+        name: &str,
+        version: u32,
+        data: serde_json::Value,
+    ) -> Result<serde_json::Value, UpcastError> {
+        let _ = (name, version, data);
+        Err(UpcastError::NoUpcaster)
+    }
+
     /// The subject of this event: `{aggregate}.{id}.{name}`, with the id checked.
     fn event_subject(&self) -> Result<Subject, Error> {
         Subject::for_event(Self::AGGREGATE, &self.id(), self.descriptor().name)
     }
 }
+
+/// Why the JSON of an older version of an event could not be turned into the current one.
+///
+/// An upcaster (`#[event(version = 2, upcast = order_created_from)]`) is a
+/// `fn(u32, serde_json::Value) -> Result<serde_json::Value, UpcastError>`: it gets the version
+/// the event was written as and its JSON body, and returns the body as the current version
+/// reads it. An event that cannot be upcast is dead-lettered with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpcastError {
+    /// The event declares no upcaster.
+    NoUpcaster,
+    /// The upcaster does not know the version it was given.
+    UnknownVersion,
+    /// The old body does not have the shape the upcaster expects (the text says why).
+    Invalid(String),
+}
+
+impl UpcastError {
+    /// An [`UpcastError::Invalid`] with the reason.
+    pub fn invalid(why: impl Into<String>) -> UpcastError {
+        UpcastError::Invalid(why.into())
+    }
+}
+
+impl fmt::Display for UpcastError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpcastError::NoUpcaster => f.write_str("the event declares no upcaster"),
+            UpcastError::UnknownVersion => f.write_str("its upcaster does not know that version"),
+            UpcastError::Invalid(why) => write!(f, "its upcaster refused the body: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for UpcastError {}
 
 /// Why a body could not be decoded into an event.
 #[derive(Debug)]

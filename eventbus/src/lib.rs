@@ -7,6 +7,7 @@ mod aggregate;
 mod backend;
 mod bus;
 mod config;
+mod contract;
 mod dispatch;
 mod dlq;
 mod envelope;
@@ -33,10 +34,13 @@ pub use crate::config::{
     AckPolicy, Config, ConsumerOptions, Credentials, DeliverPolicy, Discard, ReconnectConfig,
     ReplayPolicy, Retention, Storage, StreamOptions, TlsConfig,
 };
+pub use crate::contract::{breaking_changes, SchemaCheck};
 pub use crate::dlq::{dlq_headers, DeadLetter};
 pub use crate::envelope::{headers, ContentMode, Metadata};
 pub use crate::error::{Conflict, Error, ErrorKind};
-pub use crate::event::{AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet};
+pub use crate::event::{
+    AggregateId, DecodeError, DomainEvent, EventDescriptor, EventSet, UpcastError,
+};
 pub use crate::handler::{
     Delivery, EventContext, FromContext, HandlerError, Retry, State, StateType,
 };
@@ -44,6 +48,19 @@ pub use crate::publish::{PublishOptions, Published};
 pub use crate::read::{Read, Recorded};
 pub use crate::subject::Subject;
 pub use crate::topology::{ConsumerPlan, StreamPlan, Topology};
+
+/// The AsyncAPI 3.0 document of the service this program runs, without connecting: every
+/// registered handler and event, with the settings read from the environment. The same as
+/// `eventbus::builder().asyncapi()`; see [`Builder::asyncapi`].
+pub fn asyncapi() -> Result<serde_json::Value, Error> {
+    builder().asyncapi()
+}
+
+/// The crate that gives event payloads their JSON Schema: derive
+/// `eventbus::schemars::JsonSchema` (with `#[schemars(crate = "eventbus::schemars")]`), or
+/// `schemars::JsonSchema` from a `schemars = "1"` dependency of your own.
+#[cfg(feature = "schema")]
+pub use schemars;
 
 /// Registers an `async fn(event, ctx) -> Result<(), E>` as a handler.
 pub use eventbus_derive::event_handler;

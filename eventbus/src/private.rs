@@ -8,7 +8,9 @@ pub use serde_json;
 
 pub use crate::envelope::{decode, encode, new_event_id, EncodeOptions, EncodedEvent};
 pub use crate::handler::HandlerFuture;
-pub use crate::registry::{events, handlers, CallFn, EventRegistration, HandlerRegistration};
+pub use crate::registry::{
+    event_registrations, events, handlers, CallFn, EventRegistration, HandlerRegistration,
+};
 
 use crate::envelope::Metadata;
 use crate::error::Error;
@@ -57,6 +59,49 @@ pub fn event_from_json<E: crate::event::DomainEvent>(
             name: name.to_owned(),
             aggregate: E::AGGREGATE_TYPE,
         })
+    }
+}
+
+/// Asks a type for its payload schema through autoref specialisation: the generated code calls
+/// `(&&SchemaProbe::<T>::new()).event_schema()`, which picks [`SchemaFromJsonSchema`] when `T`
+/// derives `schemars::JsonSchema` (and the `schema` feature is on), else [`NoSchema`].
+pub struct SchemaProbe<T>(std::marker::PhantomData<T>);
+
+impl<T> SchemaProbe<T> {
+    /// A probe for `T`.
+    pub const fn new() -> Self {
+        SchemaProbe(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for SchemaProbe<T> {
+    fn default() -> Self {
+        SchemaProbe::new()
+    }
+}
+
+/// The schema of a type that derives `schemars::JsonSchema`.
+pub trait SchemaFromJsonSchema {
+    /// The payload's JSON Schema.
+    fn event_schema(&self) -> Option<serde_json::Value>;
+}
+
+#[cfg(feature = "schema")]
+impl<T: schemars::JsonSchema> SchemaFromJsonSchema for &SchemaProbe<T> {
+    fn event_schema(&self) -> Option<serde_json::Value> {
+        Some(crate::contract::schema_of::<T>())
+    }
+}
+
+/// No schema: the type does not derive `schemars::JsonSchema`.
+pub trait NoSchema {
+    /// None.
+    fn event_schema(&self) -> Option<serde_json::Value>;
+}
+
+impl<T> NoSchema for SchemaProbe<T> {
+    fn event_schema(&self) -> Option<serde_json::Value> {
+        None
     }
 }
 

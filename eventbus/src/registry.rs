@@ -33,6 +33,8 @@ pub struct HandlerRegistration {
     pub events: &'static [EventDescriptor],
     /// The consumer options given on the attribute.
     pub options: ConsumerOptions,
+    /// The events it declares it publishes (`publishes = [...]`), for the AsyncAPI document.
+    pub publishes: &'static [&'static [EventDescriptor]],
     /// Lists the state types its parameters take (checked when a bus starts).
     pub states: fn(&mut Vec<StateType>),
     /// Decodes and calls it.
@@ -44,6 +46,9 @@ pub struct HandlerRegistration {
 pub struct EventRegistration {
     /// The event type.
     pub descriptor: EventDescriptor,
+    /// The JSON Schema (draft-07) of its payload, when the type derives `schemars::JsonSchema`
+    /// (and the `schema` feature is on).
+    pub schema: fn() -> Option<serde_json::Value>,
 }
 
 inventory::collect!(HandlerRegistration);
@@ -65,4 +70,22 @@ pub fn events() -> Vec<&'static EventDescriptor> {
     v.sort_by(|a, b| (a.aggregate, a.name, a.version).cmp(&(b.aggregate, b.name, b.version)));
     v.dedup();
     v
+}
+
+/// Every registered event type with its schema function, in the order of [`events`].
+pub fn event_registrations() -> Vec<&'static EventRegistration> {
+    let mut v: Vec<_> = inventory::iter::<EventRegistration>.into_iter().collect();
+    v.sort_by(|a, b| {
+        let (a, b) = (&a.descriptor, &b.descriptor);
+        (a.aggregate, a.name, a.version).cmp(&(b.aggregate, b.name, b.version))
+    });
+    v.dedup_by(|a, b| a.descriptor == b.descriptor);
+    v
+}
+
+/// The registration of an event type, if it is registered.
+pub(crate) fn event_registration(d: &EventDescriptor) -> Option<&'static EventRegistration> {
+    inventory::iter::<EventRegistration>
+        .into_iter()
+        .find(|r| r.descriptor == *d)
 }

@@ -398,3 +398,32 @@ impl TestContext {
         Ok(out)
     }
 }
+
+/// Checks the payload schema of every registered event against its committed snapshot in
+/// `dir` (`{dir}/{aggregate}.{name}.v{version}.json`), like `buf breaking` for events:
+///
+/// - a change that would break readers (a field removed, added as required or made required,
+///   a type changed, enum values changed; the rules are in the README's "Contracts") fails,
+///   naming each event and field, unless the event's `version` was raised;
+/// - an event version without a snapshot (a new event, or a raised version) gets one written;
+/// - a compatible change (an optional field added) rewrites the snapshot, to review and commit.
+///
+/// Events whose type does not derive `schemars::JsonSchema` are listed in
+/// [`crate::SchemaCheck::without_schema`], not checked. "Registered" means linked into the test
+/// binary: for events of another crate (an integration test of a library), name them with
+/// [`check_schemas_of`], which also links them in. Call it from a test, with the directory under
+/// the crate: `check_schemas(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas")).unwrap()`.
+pub fn check_schemas(dir: impl AsRef<std::path::Path>) -> Result<crate::SchemaCheck, Error> {
+    crate::contract::check_snapshots(dir.as_ref(), &crate::registry::event_registrations())
+}
+
+/// [`check_schemas`] for the events of `E` (an event or an event set) only.
+pub fn check_schemas_of<E: EventSet>(
+    dir: impl AsRef<std::path::Path>,
+) -> Result<crate::SchemaCheck, Error> {
+    let events: Vec<_> = E::EVENTS
+        .iter()
+        .filter_map(crate::registry::event_registration)
+        .collect();
+    crate::contract::check_snapshots(dir.as_ref(), &events)
+}

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use eventbus::prelude::*;
 use eventbus::{Bus, ErrorKind};
+use schemars::JsonSchema;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
@@ -31,7 +32,7 @@ use sqlx::Row;
 // ---------------------------------------------------------------------------------------------
 
 /// Stock came in.
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[event(aggregate = "sku", name = "added")]
 pub struct StockAdded {
     /// The SKU.
@@ -42,7 +43,7 @@ pub struct StockAdded {
 }
 
 /// Stock was set aside for an order.
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[event(aggregate = "sku", name = "reserved")]
 pub struct StockReserved {
     /// The SKU.
@@ -91,7 +92,7 @@ impl Aggregate for Sku {
 }
 
 /// A customer ordered.
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[event(aggregate = "order", name = "placed")]
 pub struct OrderPlaced {
     /// The order.
@@ -104,7 +105,7 @@ pub struct OrderPlaced {
 }
 
 /// The stock for an order is reserved.
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[event(aggregate = "order", name = "confirmed")]
 pub struct OrderConfirmed {
     /// The order.
@@ -113,7 +114,7 @@ pub struct OrderConfirmed {
 }
 
 /// An order cannot be served.
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[event(aggregate = "order", name = "rejected")]
 pub struct OrderRejected {
     /// The order.
@@ -142,7 +143,11 @@ pub enum OrderEvent {
 /// Reserves the stock of a placed order, or rejects the order. A reservation that loses a race
 /// with another writer of the SKU (a version conflict) is retried with backoff by the bus, and
 /// loads the SKU again.
-#[event_handler(max_deliver = 10, backoff = ["100ms", "500ms", "2s"])]
+#[event_handler(
+    max_deliver = 10,
+    backoff = ["100ms", "500ms", "2s"],
+    publishes = [StockReserved, OrderConfirmed, OrderRejected]
+)]
 pub async fn reserve_stock(event: OrderPlaced, ctx: EventContext) -> Result<(), HandlerError> {
     let sku = ctx.load::<Sku>(&event.sku).await?;
     if sku.state.available() < event.qty {
@@ -397,3 +402,14 @@ pub fn app(bus: Bus, db: ReadModel) -> Router {
 
 /// The handlers of this service, by name: what its bus runs.
 pub const HANDLERS: [&str; 2] = ["reserve_stock", "project_stock"];
+
+/// The service, before its state is given: its name, its handlers, and the events its HTTP API
+/// publishes (with `reserve_stock`'s `publishes`, the `send` operations of its AsyncAPI
+/// document).
+pub fn service() -> eventbus::Builder {
+    eventbus::builder()
+        .service("inventory")
+        .only_handlers(HANDLERS)
+        .publishes::<OrderPlaced>()
+        .publishes::<StockAdded>()
+}

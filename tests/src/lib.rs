@@ -24,6 +24,7 @@
 //! A server is killed and its store removed when dropped; when that happens because a test is
 //! panicking, the end of the server's log is printed to stderr.
 
+mod asyncapi;
 mod bus;
 mod cluster;
 mod monitor;
@@ -32,6 +33,7 @@ mod retries;
 mod server;
 mod wait;
 
+pub use asyncapi::{validate_asyncapi, ASYNCAPI_ENV};
 pub use bus::publisher;
 pub use cluster::NatsCluster;
 pub use probe::Probe;

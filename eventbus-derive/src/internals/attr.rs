@@ -276,6 +276,8 @@ pub(crate) struct Container {
     /// `cloud_type = "com.example.orders.created"`: the CloudEvents type other producers use,
     /// checked for the characters the CloudEvents spec allows.
     pub(crate) cloud_type: Option<Given<String>>,
+    /// `upcast = path::to::function`: turns the JSON of an older version into this one.
+    pub(crate) upcast: Option<Given<syn::ExprPath>>,
     /// `aggregate_id` written on the type (it belongs on a field).
     pub(crate) aggregate_id: Option<Span>,
     /// The first `#[event(...)]` attribute, to point at when a key is missing.
@@ -293,6 +295,7 @@ impl Container {
         let mut name = Attr::none(cx, EVENT_WHAT, NAME);
         let mut version = Attr::none(cx, EVENT_WHAT, VERSION);
         let mut cloud_type = Attr::none(cx, EVENT_WHAT, CLOUD_TYPE);
+        let mut upcast = Attr::none(cx, EVENT_WHAT, UPCAST);
         let mut aggregate_id = Attr::none(cx, EVENT_WHAT, AGGREGATE_ID);
         let mut first_attr = None;
         let mut incomplete = false;
@@ -321,6 +324,9 @@ impl Container {
                 } else if meta.path == CLOUD_TYPE {
                     let v = value_of(cx, &meta, "cloud_type = \"com.example.orders.created\"")?;
                     cloud_type.set(&meta.path, v.and_then(|v| cloud_type_value(cx, &v)));
+                } else if meta.path == UPCAST {
+                    let v = value_of(cx, &meta, "upcast = order_created_from")?;
+                    upcast.set(&meta.path, v.and_then(|v| function_path(cx, &v)));
                 } else if meta.path == AGGREGATE_ID {
                     no_value(cx, &meta, "#[event(aggregate_id)]")?;
                     aggregate_id.set(&meta.path, Some(((), meta.path.span())));
@@ -331,7 +337,7 @@ impl Container {
                         unknown_key(
                             EVENT_WHAT,
                             &meta.path,
-                            &[AGGREGATE, NAME, VERSION, CLOUD_TYPE],
+                            &[AGGREGATE, NAME, VERSION, CLOUD_TYPE, UPCAST],
                         ),
                     );
                 }
@@ -347,6 +353,7 @@ impl Container {
             name.seen(),
             version.seen(),
             cloud_type.seen(),
+            upcast.seen(),
             aggregate_id.seen(),
         ]
         .into_iter()
@@ -359,6 +366,7 @@ impl Container {
             name: name.get(),
             version: version.get(),
             cloud_type: cloud_type.get(),
+            upcast: upcast.get(),
             aggregate_id: aggregate_id.get().map(|g| g.key),
             first_attr,
         }
@@ -408,6 +416,20 @@ fn cloud_type_value(cx: &Ctxt, expr: &Expr) -> Option<(String, Span)> {
     None
 }
 
+/// The path of the upcaster function: `upcast = order_created_from`.
+fn function_path(cx: &Ctxt, expr: &Expr) -> Option<(syn::ExprPath, Span)> {
+    match expr {
+        Expr::Path(p) if p.qself.is_none() => Some((p.clone(), p.span())),
+        _ => {
+            cx.error_spanned_by(
+                expr,
+                "expected the path of a function `fn(u32, serde_json::Value) -> Result<serde_json::Value, eventbus::UpcastError>`: `upcast = order_created_from`",
+            );
+            None
+        }
+    }
+}
+
 /// `#[event(aggregate_id)]` on a field: the span of `aggregate_id`, if present.
 pub(crate) fn field_aggregate_id(cx: &Ctxt, attrs: &[Attribute]) -> Option<Span> {
     let mut aggregate_id = Attr::none(cx, EVENT_WHAT, AGGREGATE_ID);
@@ -422,6 +444,7 @@ pub(crate) fn field_aggregate_id(cx: &Ctxt, attrs: &[Attribute]) -> Option<Span>
                     || meta.path == NAME
                     || meta.path == VERSION
                     || meta.path == CLOUD_TYPE
+                    || meta.path == UPCAST
                 {
                     format!(
                         "`{}` belongs on the type, not on a field; the only field attribute is `aggregate_id`",
@@ -490,6 +513,8 @@ pub(crate) struct Handler {
     pub(crate) ordered: Option<Given<bool>>,
     pub(crate) ack_wait: Option<Given<u64>>,
     pub(crate) backoff: Option<Given<Vec<u64>>>,
+    /// `publishes = [OrderShipped, OrderCancelled]`: the event types the handler publishes.
+    pub(crate) publishes: Option<Given<Vec<syn::Type>>>,
 }
 
 impl Handler {
@@ -507,6 +532,7 @@ impl Handler {
         let mut ordered = Attr::none(cx, HANDLER_WHAT, ORDERED);
         let mut ack_wait = Attr::none(cx, HANDLER_WHAT, ACK_WAIT);
         let mut backoff = Attr::none(cx, HANDLER_WHAT, BACKOFF);
+        let mut publishes = Attr::none(cx, HANDLER_WHAT, PUBLISHES);
 
         let parser = syn::meta::parser(|meta| {
             let key = &meta.path;
@@ -579,6 +605,9 @@ impl Handler {
             } else if key == BACKOFF {
                 let v = value_of(cx, &meta, "backoff = [\"1s\", \"5s\", \"30s\"]")?;
                 backoff.set(key, v.and_then(|v| backoff_value(cx, &v)));
+            } else if key == PUBLISHES {
+                let v = value_of(cx, &meta, "publishes = [OrderShipped]")?;
+                publishes.set(key, v.and_then(|v| publishes_value(cx, &v)));
             } else {
                 skip_value(&meta)?;
                 cx.error_spanned_by(key, unknown_key(HANDLER_WHAT, key, HANDLER_KEYS));
@@ -601,6 +630,7 @@ impl Handler {
             ordered: ordered.get(),
             ack_wait: ack_wait.get(),
             backoff: backoff.get(),
+            publishes: publishes.get(),
         }
     }
 }
@@ -645,6 +675,36 @@ fn durable_value(cx: &Ctxt, expr: &Expr) -> Option<(Durable, Span)> {
         );
         None
     }
+}
+
+/// `[OrderShipped, crate::events::OrderCancelled]`: a list of type paths.
+fn publishes_value(cx: &Ctxt, expr: &Expr) -> Option<(Vec<syn::Type>, Span)> {
+    const USAGE: &str = "`publishes = [OrderShipped, OrderCancelled]`";
+    let Expr::Array(array) = expr else {
+        cx.error_spanned_by(
+            expr,
+            format!("expected a list of the event types the handler publishes: {USAGE}"),
+        );
+        return None;
+    };
+    if array.elems.is_empty() {
+        cx.error_spanned_by(
+            array,
+            format!("`publishes` needs at least one event type: {USAGE}"),
+        );
+        return None;
+    }
+    let mut types = Vec::new();
+    for e in &array.elems {
+        match e {
+            Expr::Path(p) if p.qself.is_none() => types.push(syn::Type::Path(syn::TypePath {
+                qself: None,
+                path: p.path.clone(),
+            })),
+            _ => cx.error_spanned_by(e, format!("expected an event type: {USAGE}")),
+        }
+    }
+    (types.len() == array.elems.len()).then(|| (types, array.span()))
 }
 
 fn backoff_value(cx: &Ctxt, expr: &Expr) -> Option<(Vec<u64>, Span)> {

@@ -33,6 +33,15 @@ pub(crate) fn check_container(cx: &Ctxt, cont: &Container<'_>) {
                     missing.join(" and ")
                 ));
             }
+            if let Some(upcast) = &attrs.upcast {
+                if attrs.version.as_ref().is_none_or(|v| v.value < 2) {
+                    cx.error_at(
+                        upcast.key,
+                        "`upcast` turns the JSON of older versions into this one, but this event is version 1: \
+                         raise it, e.g. `#[event(version = 2, upcast = ...)]`",
+                    );
+                }
+            }
             if let Some(span) = attrs.aggregate_id {
                 cx.error_at(
                     span,
@@ -65,6 +74,12 @@ pub(crate) fn check_container(cx: &Ctxt, cont: &Container<'_>) {
                 cx.error_at(
                     cloud_type.key,
                     format!("`cloud_type` {not_here} `#[event(cloud_type = \"...\")]`"),
+                );
+            }
+            if let Some(upcast) = &attrs.upcast {
+                cx.error_at(
+                    upcast.key,
+                    format!("`upcast` {not_here} `#[event(upcast = ...)]`"),
                 );
             }
             if let Some(span) = attrs.aggregate_id {

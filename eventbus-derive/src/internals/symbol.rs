@@ -16,6 +16,7 @@ pub(crate) const AGGREGATE: Symbol = Symbol("aggregate");
 pub(crate) const NAME: Symbol = Symbol("name");
 pub(crate) const VERSION: Symbol = Symbol("version");
 pub(crate) const CLOUD_TYPE: Symbol = Symbol("cloud_type");
+pub(crate) const UPCAST: Symbol = Symbol("upcast");
 // `#[event(...)]` on a field.
 pub(crate) const AGGREGATE_ID: Symbol = Symbol("aggregate_id");
 
@@ -31,6 +32,7 @@ pub(crate) const CONCURRENCY: Symbol = Symbol("concurrency");
 pub(crate) const ORDERED: Symbol = Symbol("ordered");
 pub(crate) const ACK_WAIT: Symbol = Symbol("ack_wait");
 pub(crate) const BACKOFF: Symbol = Symbol("backoff");
+pub(crate) const PUBLISHES: Symbol = Symbol("publishes");
 
 /// Every key of `#[event_handler(...)]`, for the "unknown option" message.
 pub(crate) const HANDLER_KEYS: &[Symbol] = &[
@@ -45,6 +47,7 @@ pub(crate) const HANDLER_KEYS: &[Symbol] = &[
     ORDERED,
     ACK_WAIT,
     BACKOFF,
+    PUBLISHES,
 ];
 
 impl PartialEq<Symbol> for Ident {

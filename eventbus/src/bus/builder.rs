@@ -11,8 +11,10 @@ use crate::config::{
     handler_options_from_env, unknown_handler_vars, Config, ConsumerOptions, Credentials,
     StreamOptions, TlsConfig,
 };
+use crate::contract;
 use crate::dispatch::Observer;
 use crate::error::{Error, ErrorKind};
+use crate::event::EventSet;
 use crate::handler::{StateType, States};
 use crate::registry::{self, HandlerRegistration};
 use crate::topology::Topology;
@@ -172,6 +174,26 @@ impl Builder {
         self.set(move |c| c.dlq_stream = n)
     }
 
+    /// Declares that the service publishes the events of `E` (an event or an event set),
+    /// besides those its handlers declare with `#[event_handler(publishes = [...])]`: they are
+    /// the `send` operations of its AsyncAPI document ([`Builder::asyncapi`]).
+    pub fn publishes<E: EventSet>(self) -> Self {
+        self.set(|c| {
+            for d in E::EVENTS {
+                if !c.publishes.iter().any(|t| t == d.cloud_type) {
+                    c.publishes.push(d.cloud_type.to_owned());
+                }
+            }
+        })
+    }
+
+    /// The version of the service's API in its AsyncAPI document (`info.version`), e.g.
+    /// `env!("CARGO_PKG_VERSION")`; `0.0.0` unless given.
+    pub fn api_version(self, version: impl Into<String>) -> Self {
+        let v = version.into();
+        self.set(move |c| c.api_version = Some(v))
+    }
+
     /// Gives the handlers a value of the application's: a handler takes it by type with a
     /// [`crate::State`] parameter (`State(db): State<Db>`). Call it once per type (a second
     /// value of the same type replaces the first). A handler that takes a state nobody gave is
@@ -215,6 +237,12 @@ impl Builder {
     /// the selection itself (names in [`Builder::only_handlers`] that no handler has). Those
     /// are reported together with the topology's own problems, not on their own.
     pub(super) fn resolve(&mut self) -> Result<Resolved, Error> {
+        self.resolve_with(true)
+    }
+
+    /// [`Builder::resolve`], checking the states the handlers take only if `check_states`
+    /// (a document of the service needs none of them).
+    fn resolve_with(&mut self, check_states: bool) -> Result<Resolved, Error> {
         let all = registry::handlers();
         let mut problems = Vec::new();
         let mut config = if self.env {
@@ -269,7 +297,7 @@ impl Builder {
                     .collect()
             }
         };
-        for h in &handlers {
+        for h in handlers.iter().filter(|_| check_states) {
             let mut needs: Vec<StateType> = Vec::new();
             (h.states)(&mut needs);
             for need in needs.iter().filter(|n| !self.states.contains(n.id)) {
@@ -296,6 +324,27 @@ impl Builder {
     /// The topology this builder would provision, validated, without any network call.
     pub fn topology(mut self) -> Result<Topology, Error> {
         self.resolve()?.plan().map(|(_, _, topology)| topology)
+    }
+
+    /// Whether `EVENTBUS_PRINT_ASYNCAPI` asks to print the AsyncAPI document instead of
+    /// starting (unless [`Builder::no_env`]).
+    pub(super) fn print_asyncapi(&self) -> bool {
+        self.env && std::env::var("EVENTBUS_PRINT_ASYNCAPI").is_ok_and(|v| v == "1" || v == "true")
+    }
+
+    /// The service's AsyncAPI 3.0 document, without any network call: its servers, one
+    /// channel per event subject, one message per event type and version (payload JSON
+    /// Schema and CloudEvents headers), a `receive` operation per handler and event (with
+    /// its consumer's settings as `x-eventbus-*`), a `send` operation per event it declares
+    /// it publishes. Like [`Builder::run`], it describes every handler unless the builder
+    /// chose some. The topology is validated first: its problems are the error (the states
+    /// the handlers take need not be given).
+    pub fn asyncapi(mut self) -> Result<serde_json::Value, Error> {
+        if matches!(self.selection, Selection::Default) {
+            self.selection = Selection::All;
+        }
+        let (config, _, topology) = self.resolve_with(false)?.plan()?;
+        Ok(contract::document(&topology, &config))
     }
 }
 

@@ -123,6 +123,12 @@ impl Bus {
         &self.inner.service
     }
 
+    /// The service's AsyncAPI 3.0 document (see [`Builder::asyncapi`]) for the topology it
+    /// provisioned: what an HTTP endpoint serves as `/asyncapi.json`.
+    pub fn asyncapi(&self) -> serde_json::Value {
+        crate::contract::document(&self.inner.topology, &self.inner.config)
+    }
+
     /// The topology it provisioned.
     pub fn topology(&self) -> &Topology {
         &self.inner.topology

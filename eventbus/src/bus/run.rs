@@ -29,10 +29,19 @@ impl Builder {
     /// running its handlers.
     ///
     /// With `EVENTBUS_PRINT_TOPOLOGY=1` (unless [`Builder::no_env`]) it prints the topology
-    /// and returns without connecting.
+    /// and returns without connecting; with `EVENTBUS_PRINT_ASYNCAPI=1`, the AsyncAPI document
+    /// ([`Builder::asyncapi`]).
     pub async fn run(mut self) -> Result<(), Error> {
         if matches!(self.selection, Selection::Default) {
             self.selection = Selection::All;
+        }
+        if self.print_asyncapi() {
+            let document = self.asyncapi()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document).expect("a JSON value serializes")
+            );
+            return Ok(());
         }
         if self.print_topology() {
             let t = self.topology()?;

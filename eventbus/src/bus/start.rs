@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_nats::jetstream::consumer::IntoConsumerConfig;
 use tokio::sync::watch;
 
+use super::builder::Selection;
 use super::{Builder, Bus, Inner, Running};
 use crate::backend::Backend;
 use crate::config::AckPolicy;
@@ -25,8 +26,21 @@ impl Builder {
     ///
     /// With `EVENTBUS_PRINT_TOPOLOGY=1` (unless [`Builder::no_env`]) it prints the topology
     /// and ends the process (exit status 0) without connecting; a topology that is not valid
-    /// is returned as the error instead.
+    /// is returned as the error instead. With `EVENTBUS_PRINT_ASYNCAPI=1`, the same with the
+    /// AsyncAPI document ([`Builder::asyncapi`]) of the bus it would start.
     pub async fn start(mut self) -> Result<Bus, Error> {
+        if self.print_asyncapi() {
+            // The document of the bus this would start: no handler unless chosen.
+            if matches!(self.selection, Selection::Default) {
+                self.selection = Selection::Only(Vec::new());
+            }
+            let document = self.asyncapi()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&document).expect("a JSON value serializes")
+            );
+            std::process::exit(0);
+        }
         if self.print_topology() {
             let t = self.resolve()?.plan()?.2;
             println!("{t}");

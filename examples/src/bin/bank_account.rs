@@ -11,8 +11,9 @@
 
 use eventbus::prelude::*;
 use eventbus::{Error, ErrorKind, Loaded};
+use schemars::JsonSchema;
 
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone)]
 #[event(aggregate = "account", name = "opened")]
 struct AccountOpened {
     #[event(aggregate_id)]
@@ -20,7 +21,7 @@ struct AccountOpened {
     owner: String,
 }
 
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone)]
 #[event(aggregate = "account", name = "deposited")]
 struct MoneyDeposited {
     #[event(aggregate_id)]
@@ -28,7 +29,7 @@ struct MoneyDeposited {
     cents: u64,
 }
 
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone)]
 #[event(aggregate = "account", name = "withdrawn")]
 struct MoneyWithdrawn {
     #[event(aggregate_id)]
@@ -137,7 +138,13 @@ async fn main() -> Result<(), Error> {
                 .unwrap_or_else(|_| "warn,eventbus=info".into()),
         )
         .init();
-    let bus = eventbus::builder().service("bank").start().await?;
+    // `publishes`: the events it appends, the `send` operations of its AsyncAPI document
+    // (`EVENTBUS_PRINT_ASYNCAPI=1` prints it, README "Contracts").
+    let bus = eventbus::builder()
+        .service("bank")
+        .publishes::<AccountEvent>()
+        .start()
+        .await?;
     // A new account each run, so the program can run again against the same server.
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -15,7 +15,7 @@
 //! `INVENTORY_DB=sqlite://inventory.db`; another address: `INVENTORY_HTTP_ADDR=0.0.0.0:8080`.
 //! Ctrl-C (or SIGTERM) stops the HTTP server, then the bus, gracefully.
 
-use eventbus_examples::inventory::{app, ReadModel, HANDLERS};
+use eventbus_examples::inventory::{app, service, ReadModel};
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -48,12 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = ReadModel::open(&setting("INVENTORY_DB", "sqlite::memory:")).await?;
     // One bus: it runs this service's handlers, with the read model as their state, and the
     // HTTP API publishes and reads through it.
-    let bus = eventbus::builder()
-        .service("inventory")
-        .only_handlers(HANDLERS)
-        .state(db.clone())
-        .start()
-        .await?;
+    let bus = service().state(db.clone()).start().await?;
     let addr = setting("INVENTORY_HTTP_ADDR", "127.0.0.1:3000");
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("inventory: HTTP on http://{addr}");

@@ -11,9 +11,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use eventbus::prelude::*;
+use schemars::JsonSchema;
 use tokio::sync::Notify;
 
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone)]
 #[event(aggregate = "order", name = "created")]
 struct OrderCreated {
     #[event(aggregate_id)]
@@ -21,7 +22,7 @@ struct OrderCreated {
     total_cents: u64,
 }
 
-#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[derive(DomainEvent, Serialize, Deserialize, JsonSchema, Debug, Clone)]
 #[event(aggregate = "invoice", name = "issued")]
 struct InvoiceIssued {
     #[event(aggregate_id)]
@@ -30,7 +31,7 @@ struct InvoiceIssued {
     total_cents: u64,
 }
 
-#[event_handler(subject = "order.*.created")]
+#[event_handler(subject = "order.*.created", publishes = [InvoiceIssued])]
 async fn bill_order(event: OrderCreated, ctx: EventContext) -> Result<(), HandlerError> {
     let invoice = InvoiceIssued {
         invoice_id: format!("inv-{}", event.order_id),
@@ -62,6 +63,14 @@ async fn send_invoice(event: InvoiceIssued, ctx: EventContext) -> Result<(), Han
     Ok(())
 }
 
+/// The service: its handlers, and the events it publishes itself (its AsyncAPI document's
+/// `send` operations, with `bill_order`'s `publishes`).
+fn service() -> eventbus::Builder {
+    eventbus::builder()
+        .service("quickstart")
+        .publishes::<OrderCreated>()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), eventbus::Error> {
     tracing_subscriber::fmt()
@@ -71,11 +80,7 @@ async fn main() -> Result<(), eventbus::Error> {
         )
         .init();
     // `all_handlers`: a bus runs handlers only when told to (a publisher alone runs none).
-    let bus = eventbus::builder()
-        .service("quickstart")
-        .all_handlers()
-        .start()
-        .await?;
+    let bus = service().all_handlers().start().await?;
     for (id, total) in [("1001", 2500), ("1002", 990), ("1003", 12000)] {
         let stored = bus
             .publish(&OrderCreated {
