@@ -7,7 +7,10 @@
 //!
 //! - pipelined: `bus.publish_all` of the events against raw `publish_with_headers` keeping the
 //!   same number of acknowledgements pending (1024), each waited for in order;
-//! - awaited: `bus.publish` of one event after the other against raw publish-and-wait.
+//! - awaited: `bus.publish` of one event after the other against raw publish-and-wait;
+//! - 256 tasks at once: as many tasks each `bus.publish` their share of the pipelined events,
+//!   one after the other, against raw publish-and-wait in as many tasks (a service publishing
+//!   from many requests at once).
 //!
 //! Raw publishes messages encoded beforehand, outside the timed part, with the headers eventbus
 //! writes (so the server does the same work, de-duplication included); eventbus encodes inside
@@ -163,6 +166,51 @@ async fn eventbus_awaited(bus: Bus, events: Arc<Vec<Tick>>) -> Duration {
     started.elapsed()
 }
 
+async fn raw_concurrent(js: jetstream::Context, messages: Vec<EncodedEvent>) -> Duration {
+    let mut shares: Vec<Vec<EncodedEvent>> = (0..TASKS).map(|_| Vec::new()).collect();
+    for (i, m) in messages.into_iter().enumerate() {
+        shares[i % TASKS].push(m);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let js = js.clone();
+            tokio::spawn(async move {
+                for m in share {
+                    js.publish_with_headers(m.subject.into_string(), m.headers, m.payload)
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("ack");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a publishing task");
+    }
+    started.elapsed()
+}
+
+async fn eventbus_concurrent(bus: Bus, events: Arc<Vec<Tick>>) -> Duration {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (bus, events) = (bus.clone(), events.clone());
+            tokio::spawn(async move {
+                for e in events.iter().skip(t).step_by(TASKS) {
+                    bus.publish(e).await.expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a publishing task");
+    }
+    started.elapsed()
+}
+
 /// CPU time (user + system) a process used so far, from `/proc/{pid}/stat`.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -184,7 +232,13 @@ enum Mode {
     Serializing,
     /// One publish after the other, each awaited.
     Awaited,
+    /// [`TASKS`] tasks at once, each publishing its share one after the other, awaited (a
+    /// service publishing from many requests).
+    Concurrent,
 }
+
+/// How many tasks publish at once in the concurrent mode.
+const TASKS: usize = 256;
 
 /// One timed part: wall time, and the CPU time the server and this process used in it.
 #[derive(Clone, Copy, Default)]
@@ -288,6 +342,11 @@ async fn main() {
             Place::Task,
         ),
         ("awaited, in a task", Mode::Awaited, Place::Task),
+        (
+            "256 tasks at once, each awaited",
+            Mode::Concurrent,
+            Place::Task,
+        ),
         ("pipelined, on main", Mode::Pipelined, Place::Main),
         (
             "pipelined (raw serializes), on main",
@@ -317,11 +376,18 @@ async fn main() {
                         Mode::Awaited => {
                             measure(pid, place, raw_awaited(js.clone(), encoded(events))).await
                         }
+                        Mode::Concurrent => {
+                            measure(pid, place, raw_concurrent(js.clone(), encoded(events))).await
+                        }
                     };
                 } else {
                     eb = match mode {
                         Mode::Awaited => {
                             measure(pid, place, eventbus_awaited(bus.clone(), events.clone())).await
+                        }
+                        Mode::Concurrent => {
+                            let part = eventbus_concurrent(bus.clone(), events.clone());
+                            measure(pid, place, part).await
                         }
                         _ => {
                             let part = eventbus_pipelined(bus.clone(), events.clone());
