@@ -308,6 +308,13 @@ pub struct Config {
     pub handlers: BTreeMap<String, ConsumerOptions>,
     /// The dead-letter stream's name (default `DLQ`, subjects `dlq.>`).
     pub dlq_stream: String,
+    /// How often the statistics' gauges (lag, stream sizes) are refreshed and stalled
+    /// consumers looked for, on a NATS server (default 15 s; zero: never, as on the
+    /// in-process broker, whose figures `Bus::stats` and `/metrics` read when asked).
+    pub stats_interval: Duration,
+    /// Where the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) listens, if anywhere
+    /// (`EVENTBUS_HTTP_ADDR=0.0.0.0:9090`); needs the `http` feature.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -325,6 +332,8 @@ impl Default for Config {
             streams: BTreeMap::new(),
             handlers: BTreeMap::new(),
             dlq_stream: "DLQ".to_owned(),
+            stats_interval: Duration::from_secs(15),
+            http_addr: None,
         }
     }
 }
@@ -392,6 +401,17 @@ impl Config {
         }
         if let Some(v) = get("EVENTBUS_SHUTDOWN_GRACE") {
             c.shutdown_grace = parse_duration_var("EVENTBUS_SHUTDOWN_GRACE", &v)?;
+        }
+        if let Some(v) = get("EVENTBUS_STATS_INTERVAL") {
+            c.stats_interval = parse_duration_var("EVENTBUS_STATS_INTERVAL", &v)?;
+        }
+        if let Some(v) = get("EVENTBUS_HTTP_ADDR") {
+            c.http_addr = Some(v.trim().parse().map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("EVENTBUS_HTTP_ADDR={v:?} is not an address such as 0.0.0.0:9090"),
+                )
+            })?);
         }
         Ok(c)
     }

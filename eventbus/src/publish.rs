@@ -19,6 +19,8 @@ use crate::config::Config;
 use crate::envelope::{encode, encode_at, headers, EncodeOptions, EncodedEvent};
 use crate::error::{Error, ErrorKind};
 use crate::event::EventSet;
+use crate::observe::metrics::{PublishMetrics, RAW};
+use crate::observe::trace::{self, TraceContext};
 
 /// How long a publish that found no stream, though one stores its subject, waits before it is
 /// sent again (times the attempt).
@@ -36,6 +38,12 @@ pub struct PublishOptions {
     pub correlation_id: Option<String>,
     /// The causation id.
     pub causation_id: Option<String>,
+    /// The W3C `traceparent` to write when no OpenTelemetry span is active (with the
+    /// `opentelemetry` feature, the publish span's own context wins). A handler's
+    /// `ctx.publish` sets the received one, so a trace crosses a service that records no spans.
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with [`PublishOptions::traceparent`].
+    pub tracestate: Option<String>,
 }
 
 /// The server's acknowledgement of a stored event.
@@ -59,6 +67,8 @@ pub(crate) static NO_OPTIONS: PublishOptions = PublishOptions {
     headers: None,
     correlation_id: None,
     causation_id: None,
+    traceparent: None,
+    tracestate: None,
 };
 
 /// An event of `publish_all`, with no option of its own. A function rather than a closure: a
@@ -68,15 +78,36 @@ fn without_options<E>(event: &E) -> (&E, &PublishOptions) {
     (event, &NO_OPTIONS)
 }
 
-/// The encoding of an event published by `source` with `options`.
-fn encode_options<'o>(source: &'o str, options: &'o PublishOptions) -> EncodeOptions<'o> {
+/// The encoding of an event published by `source` with `options`, in the trace `trace` (if
+/// any; else the one `options` carries).
+fn encode_options<'o>(
+    source: &'o str,
+    options: &'o PublishOptions,
+    trace: Option<&'o TraceContext>,
+) -> EncodeOptions<'o> {
+    let (traceparent, tracestate) = match trace {
+        Some(t) => (t.traceparent.as_deref(), t.tracestate.as_deref()),
+        None => (
+            options.traceparent.as_deref(),
+            options.tracestate.as_deref(),
+        ),
+    };
     EncodeOptions {
         source,
         id: options.id.as_deref(),
         correlation_id: options.correlation_id.as_deref(),
         causation_id: options.causation_id.as_deref(),
-        traceparent: None,
+        traceparent,
+        tracestate,
         extra_headers: options.headers.as_ref(),
+    }
+}
+
+/// The trace context `options` carry (a handler's received one).
+pub(crate) fn carried(options: &PublishOptions) -> TraceContext {
+    TraceContext {
+        traceparent: options.traceparent.clone(),
+        tracestate: options.tracestate.clone(),
     }
 }
 
@@ -93,6 +124,7 @@ struct Settings {
     service: String,
     timeout: Duration,
     attempts: u32,
+    metrics: PublishMetrics,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -108,9 +140,10 @@ impl Publisher {
         Publisher {
             inner: Arc::new(Settings {
                 backend,
-                service,
                 timeout: config.publish_timeout,
                 attempts: config.publish_attempts.max(1),
+                metrics: PublishMetrics::new(&service),
+                service,
             }),
         }
     }
@@ -125,25 +158,51 @@ impl Publisher {
         &self.inner.service
     }
 
+    /// The metrics of publishing (for appends, which send through `send_acked`).
+    pub(crate) fn metrics(&self) -> &PublishMetrics {
+        &self.inner.metrics
+    }
+
     /// Publishes an event and waits until the server stored it (see `Bus::publish`).
     pub(crate) async fn publish<E: EventSet>(
         &self,
         event: &E,
         options: &PublishOptions,
     ) -> Result<Published, Error> {
-        let mut opts = encode_options(&self.inner.service, options);
+        let d = event.descriptor();
+        let span = trace::publish_span(d.subject_pattern);
+        let trace = trace::outgoing(&span, carried(options));
+        let mut opts = encode_options(&self.inner.service, options, Some(&trace));
         let encoded = encode(event, &opts)?;
-        let span = tracing::debug_span!(target: "eventbus::publish", "publish", subject = %encoded.subject, id = %encoded.id);
+        span.record("messaging.destination.name", encoded.subject.as_str());
+        span.record("messaging.message.id", encoded.id.as_str());
         // A retry sends the same headers, made again from the same id and time.
         opts.id = Some(&encoded.id);
         let time = encoded.time;
         let again = || encode_at(event, &opts, Some(time)).ok().map(|m| m.headers);
         let subject = encoded.subject.as_str();
-        self.send_acked_with(subject, encoded.headers, encoded.payload, again)
+        let started = Instant::now();
+        let result = self
+            .send_acked_with(subject, encoded.headers, encoded.payload, again)
             .instrument(span)
             .await
             .map(|ack| published(ack, encoded.id.clone()))
-            .map_err(|e| publish_error(subject, e).with_event_id(&encoded.id))
+            .map_err(|e| publish_error(subject, e).with_event_id(&encoded.id));
+        self.record(d.cloud_type, started, &result);
+        result
+    }
+
+    /// Records a publish of `event_type` that started at `started`.
+    pub(crate) fn record<T>(
+        &self,
+        event_type: &'static str,
+        started: Instant,
+        result: &Result<T, Error>,
+    ) {
+        let kind = result.as_ref().err().map(|e| format!("{:?}", e.kind()));
+        self.inner
+            .metrics
+            .published(event_type, started.elapsed(), kind.as_deref());
     }
 
     /// Publishes a message as it is (see `Bus::publish_raw`).
@@ -157,10 +216,14 @@ impl Publisher {
             .get(headers::MSG_ID)
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default();
-        self.send_acked(subject, headers, payload)
+        let started = Instant::now();
+        let result = self
+            .send_acked(subject, headers, payload)
             .await
             .map_err(|e| publish_error(subject, e).with_event_id(&id))
-            .map(|ack| published(ack, id))
+            .map(|ack| published(ack, id));
+        self.record(RAW, started, &result);
+        result
     }
 
     /// Publishes and waits for the acknowledgement, sending again with the same headers (so
@@ -216,6 +279,7 @@ impl Publisher {
             match again() {
                 Some(h) => {
                     tracing::warn!(target: "eventbus::publish", %subject, attempt, error = %e, "publish not acknowledged; sending again with the same id");
+                    self.inner.metrics.retried();
                     headers = h;
                     attempt += 1;
                 }
@@ -359,7 +423,10 @@ impl Publisher {
         I: IntoIterator<Item = (&'a E, &'a PublishOptions)>,
     {
         let events = events.into_iter();
+        // One trace for the whole call: the current span's (the events' own otherwise).
+        let current = trace::outgoing(&tracing::Span::current(), TraceContext::default());
         let mut run = PublishAll {
+            trace: current.traceparent.is_some().then_some(current),
             publisher: self,
             out: Vec::with_capacity(events.size_hint().0),
             window: VecDeque::with_capacity(PIPELINE_WINDOW),
@@ -377,8 +444,11 @@ impl Publisher {
                 run.out[index] = Some(Err(not_sent(event, options, why)));
                 continue;
             }
-            match encode(event, &encode_options(self.service(), options)) {
-                Ok(m) => run.send(index, event, options, m, 1).await,
+            match encode(
+                event,
+                &encode_options(self.service(), options, run.trace.as_ref()),
+            ) {
+                Ok(m) => run.send(index, event, options, m, 1, Instant::now()).await,
                 Err(e) => run.out[index] = Some(Err(e)),
             }
         }
@@ -402,6 +472,8 @@ struct Sent<'a, E> {
     time: time::OffsetDateTime,
     /// Which attempt this is, from 1.
     attempt: u32,
+    /// When it was first sent.
+    started: Instant,
 }
 
 /// A publish of `publish_all` waiting for its acknowledgement.
@@ -427,6 +499,8 @@ struct PublishAll<'b, 'a, E> {
     stopped: Option<String>,
     /// Whether a stream stores the events' subjects, once a publish found none.
     stream_exists: Option<bool>,
+    /// The trace the events carry, if a span is active.
+    trace: Option<TraceContext>,
 }
 
 impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
@@ -437,6 +511,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         options: &'a PublishOptions,
         m: EncodedEvent,
         attempt: u32,
+        started: Instant,
     ) {
         let ack = self
             .publisher
@@ -451,6 +526,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
                 id: m.id,
                 time: m.time,
                 attempt,
+                started,
             },
             sent_at: tokio::time::Instant::now(),
             ack,
@@ -477,7 +553,10 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         let e = match result {
             Ok(ack) => {
                 self.last_progress = Instant::now();
-                self.out[f.index] = Some(Ok(published(ack, f.id)));
+                let d = f.event.descriptor();
+                let result = Ok(published(ack, f.id));
+                self.publisher.record(d.cloud_type, f.started, &result);
+                self.out[f.index] = Some(result);
                 return;
             }
             Err(e) => e,
@@ -504,7 +583,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         if !retryable(&e.kind()) {
             // The server answered: it is there.
             self.last_progress = Instant::now();
-            self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+            self.failed(&f, Err(publish_error(&subject, e).with_event_id(&f.id)));
             return;
         }
         if self.stopped.is_none() {
@@ -525,7 +604,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             }
         }
         if self.stopped.is_some() {
-            self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+            self.failed(&f, Err(publish_error(&subject, e).with_event_id(&f.id)));
             return;
         }
         self.send_again(f, &e).await;
@@ -543,14 +622,22 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         exists
     }
 
+    /// Records the failure of a publish of the window.
+    fn failed(&mut self, f: &Sent<'a, E>, result: Result<Published, Error>) {
+        self.publisher
+            .record(f.event.descriptor().cloud_type, f.started, &result);
+        self.out[f.index] = Some(result);
+    }
+
     /// Sends a publish again, encoded with its first id and time, at the back of the window.
     async fn send_again(&mut self, f: Sent<'a, E>, e: &PublishError) {
-        let mut options = encode_options(self.publisher.service(), f.options);
+        let mut options = encode_options(self.publisher.service(), f.options, self.trace.as_ref());
         options.id = Some(&f.id);
         match encode_at(f.event, &options, Some(f.time)) {
             Ok(m) => {
                 tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.attempt, error = %e, "publish not acknowledged; sending again with the same id");
-                self.send(f.index, f.event, f.options, m, f.attempt + 1)
+                self.publisher.inner.metrics.retried();
+                self.send(f.index, f.event, f.options, m, f.attempt + 1, f.started)
                     .await;
             }
             Err(encode_error) => self.out[f.index] = Some(Err(encode_error)),

@@ -41,6 +41,9 @@ pub struct Builder {
     pub(super) shutdown_signal: Option<ShutdownSignal>,
     /// Told what the workers do (`eventbus::testing` records through it).
     pub(super) observer: Option<Arc<dyn Observer>>,
+    /// The AsyncAPI document `/asyncapi.json` serves.
+    #[cfg(feature = "http")]
+    pub(super) asyncapi: Option<crate::http::Document>,
 }
 
 /// A builder that reads the environment for what it is not given.
@@ -52,6 +55,8 @@ pub fn builder() -> Builder {
         states: States::default(),
         shutdown_signal: None,
         observer: None,
+        #[cfg(feature = "http")]
+        asyncapi: None,
     }
 }
 
@@ -128,6 +133,26 @@ impl Builder {
     /// How long one connection attempt may take.
     pub fn connect_timeout(self, timeout: Duration) -> Self {
         self.set(move |c| c.reconnect.connect_timeout = timeout)
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (as `EVENTBUS_HTTP_ADDR` does);
+    /// port 0 picks a free one ([`Bus::http_addr`](crate::Bus::http_addr) tells which). Needs the `http` feature:
+    /// without it, starting fails with an error that says so.
+    pub fn http(self, addr: std::net::SocketAddr) -> Self {
+        self.set(move |c| c.http_addr = Some(addr))
+    }
+
+    /// How often the lag and size metrics are refreshed and stalled consumers looked for
+    /// (default 15 s; zero: never). See [`Config::stats_interval`].
+    pub fn stats_interval(self, every: Duration) -> Self {
+        self.set(move |c| c.stats_interval = every)
+    }
+
+    /// The AsyncAPI document the HTTP endpoint serves at `/asyncapi.json` (made when asked).
+    #[cfg(feature = "http")]
+    pub fn asyncapi(mut self, document: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.asyncapi = Some(Arc::new(document));
+        self
     }
 
     /// How long in-flight handlers may run on after a shutdown began.
