@@ -606,3 +606,181 @@ async fn without_opentelemetry_a_handler_carries_the_received_trace_context_on()
     );
     back.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// bus.stats() against the server's own figures
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "obs_statn", name = "noted")]
+struct NotedOnNats {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "obs_statm", name = "noted")]
+struct NotedInProcess {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+/// Handlers wait at their gate until the test opens it.
+static GATE_NATS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+static GATE_MEM: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[event_handler(concurrency = 2)]
+async fn obs_stat_nats(_event: NotedOnNats) -> Result<(), HandlerError> {
+    GATE_NATS.acquire().await?.forget();
+    Ok(())
+}
+
+#[event_handler(concurrency = 2)]
+async fn obs_stat_mem(_event: NotedInProcess) -> Result<(), HandlerError> {
+    GATE_MEM.acquire().await?.forget();
+    Ok(())
+}
+
+/// The server's answer to a `$JS.API` info request.
+async fn js_info(client: &async_nats::Client, subject: String) -> serde_json::Value {
+    let reply = client
+        .request(subject.clone(), "".into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    serde_json::from_slice(&reply.payload).expect("JSON")
+}
+
+/// Asserts that `stats` agrees with the server's stream and consumer info.
+async fn assert_agrees_with_the_server(
+    client: &async_nats::Client,
+    stats: &eventbus::Stats,
+    stream: &str,
+    handler: &str,
+) {
+    let s = stats.stream(stream).expect("the stream in stats");
+    let info = js_info(client, format!("$JS.API.STREAM.INFO.{stream}")).await;
+    let state = &info["state"];
+    assert_eq!(s.messages, state["messages"].as_u64().unwrap(), "{info}");
+    assert_eq!(s.bytes, state["bytes"].as_u64().unwrap(), "{info}");
+    assert_eq!(
+        s.first_sequence,
+        state["first_seq"].as_u64().unwrap(),
+        "{info}"
+    );
+    assert_eq!(
+        s.last_sequence,
+        state["last_seq"].as_u64().unwrap(),
+        "{info}"
+    );
+    assert_eq!(
+        s.consumers as u64,
+        state["consumer_count"].as_u64().unwrap(),
+        "{info}"
+    );
+    let h = stats.handler(handler).expect("the handler in stats");
+    let info = js_info(
+        client,
+        format!("$JS.API.CONSUMER.INFO.{stream}.{}", h.consumer),
+    )
+    .await;
+    assert_eq!(h.pending, info["num_pending"].as_u64().unwrap(), "{info}");
+    assert_eq!(
+        h.ack_pending,
+        info["num_ack_pending"].as_u64().unwrap(),
+        "{info}"
+    );
+    assert_eq!(
+        h.redelivered,
+        info["num_redelivered"].as_u64().unwrap(),
+        "{info}"
+    );
+    assert_eq!(h.waiting, info["num_waiting"].as_u64().unwrap(), "{info}");
+}
+
+/// Publishes 10 events to a handler that holds 2 at a time: 8 pending, 2 awaiting their ack;
+/// then lets them through: none pending, 10 acked.
+async fn stats_follow_the_consumer<E: EventSet>(
+    url: &str,
+    handler: &str,
+    stream: &str,
+    event: fn(String) -> E,
+    gate: &'static tokio::sync::Semaphore,
+    server: Option<&async_nats::Client>,
+) {
+    let bus = eventbus::builder()
+        .no_env()
+        .url(url)
+        .service("obs-stat")
+        .only_handlers([handler])
+        .start()
+        .await
+        .unwrap();
+    let events: Vec<E> = (0..10).map(|i| event(format!("n{i}"))).collect();
+    for r in bus.publish_all(&events).await {
+        r.unwrap();
+    }
+    let stats = wait_for(TIMEOUT, "two events in the handler's hands", || {
+        let bus = bus.clone();
+        async move {
+            let stats = bus.stats().await.ok()?;
+            let h = stats.handler(handler)?;
+            (h.ack_pending == 2 && h.pending == 8).then_some(stats)
+        }
+    })
+    .await;
+    let s = stats.stream(stream).expect("the handler's stream");
+    assert_eq!(
+        (s.messages, s.first_sequence, s.last_sequence, s.consumers),
+        (10, 1, 10, 1)
+    );
+    assert!(s.bytes > 0);
+    let h = stats.handler(handler).unwrap();
+    assert_eq!((h.stream.as_str(), h.redelivered, h.acked), (stream, 0, 0));
+    assert_eq!(h.consumer, format!("obs-stat-{handler}"));
+    if let Some(client) = server {
+        assert_agrees_with_the_server(client, &stats, stream, handler).await;
+    }
+
+    gate.add_permits(10);
+    let stats = wait_for(TIMEOUT, "every event acked", || {
+        let bus = bus.clone();
+        async move {
+            let stats = bus.stats().await.ok()?;
+            let h = stats.handler(handler)?;
+            (h.acked == 10 && h.ack_pending == 0 && h.pending == 0).then_some(stats)
+        }
+    })
+    .await;
+    if let Some(client) = server {
+        assert_agrees_with_the_server(client, &stats, stream, handler).await;
+    }
+    bus.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn stats_agree_with_the_servers_stream_and_consumer_info() {
+    let server = NatsServer::start().await;
+    let client = server.connect().await;
+    stats_follow_the_consumer(
+        &server.url(),
+        "obs_stat_nats",
+        "OBS_STATN",
+        |id| NotedOnNats { id },
+        &GATE_NATS,
+        Some(&client),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stats_follow_the_consumer_in_process() {
+    stats_follow_the_consumer(
+        "memory://observe-stats",
+        "obs_stat_mem",
+        "OBS_STATM",
+        |id| NotedInProcess { id },
+        &GATE_MEM,
+        None,
+    )
+    .await;
+}
