@@ -77,6 +77,9 @@ pub struct HandlerStats {
     /// Acknowledgements per second by this process, since the previous call of
     /// `Bus::stats` (or the start).
     pub ack_rate: f64,
+    /// How often this process found the consumer stalled (events pending, nothing received)
+    /// and pulled anew.
+    pub stalls: u64,
 }
 
 /// A handler the statistics follow.
@@ -93,11 +96,20 @@ pub(crate) struct Watched {
     progress: Mutex<Option<Progress>>,
 }
 
-/// What one look found about a handler's progress, to tell a stalled consumer.
+/// A handler's progress as last seen, to tell a stalled consumer.
 #[derive(Debug, Clone, Copy)]
 struct Progress {
+    /// Deliveries received, as last seen.
     consumed: u64,
-    pending: u64,
+    /// Since when nothing was received while events were pending.
+    since: Instant,
+}
+
+/// How long a consumer may receive nothing while events are pending and none is in hand
+/// before it counts as stalled: two refreshes, and no less than the pull's own silence
+/// detection (`backend/pull.rs`, heartbeats), which it backs up.
+pub(crate) fn stall_after(interval: Duration) -> Duration {
+    (interval * 2).max(Duration::from_secs(12))
 }
 
 impl Watched {
@@ -175,6 +187,7 @@ impl Sources {
                 waiting: f.waiting,
                 acked,
                 ack_rate,
+                stalls: w.metrics.stalls(),
             });
         }
         Ok(Stats { streams, handlers })
@@ -194,21 +207,26 @@ impl Sources {
     }
 
     /// Looks for stalled consumers: events pending at the server, none in this process's
-    /// hands, and nothing received since the previous look. A consumer found so is pulled
-    /// anew (a known failure mode: pulls that the server forgot, after a stream's leader
-    /// changed), logged and counted (`eventbus.consumer.stalls`).
-    fn find_stalls(&self, stats: &Stats) {
+    /// hands or awaiting an ack, and nothing received for `after`. A consumer found so is
+    /// pulled anew (a known failure mode: pulls that the server forgot, after a stream's
+    /// leader changed), logged and counted (`eventbus.consumer.stalls`).
+    pub(crate) fn find_stalls(&self, stats: &Stats, after: Duration) {
+        let now = Instant::now();
         for (w, h) in self.handlers.iter().zip(&stats.handlers) {
-            let now = Progress {
-                consumed: w.metrics.consumed(),
-                pending: h.pending,
-            };
+            let consumed = w.metrics.consumed();
+            let waiting = h.pending > 0 && h.ack_pending == 0 && w.metrics.in_flight() == 0;
             let mut prev = w.progress.lock().expect("stats lock");
-            let stalled = prev
-                .is_some_and(|p| p.pending > 0 && now.pending > 0 && p.consumed == now.consumed)
-                && w.metrics.in_flight() == 0
-                && h.ack_pending == 0;
-            *prev = Some(now);
+            let since = match *prev {
+                Some(p) if waiting && p.consumed == consumed => p.since,
+                _ => now,
+            };
+            // At least two looks: the one that saw it waiting, and this one.
+            let stalled = waiting && since != now && now.duration_since(since) >= after;
+            *prev = Some(Progress {
+                consumed,
+                // Counted again from now once pulled anew.
+                since: if stalled { now } else { since },
+            });
             if stalled {
                 tracing::warn!(target: "eventbus::dispatch", handler = %w.handler, consumer = %w.consumer, pending = h.pending, "consumer has pending events but receives nothing; pulling anew");
                 w.metrics.stalled();
@@ -230,7 +248,7 @@ pub(crate) async fn poll(sources: Arc<Sources>, every: Duration, mut stop: watch
             return;
         }
         match sources.gather().await {
-            Ok(stats) => sources.find_stalls(&stats),
+            Ok(stats) => sources.find_stalls(&stats, stall_after(every)),
             Err(e) => {
                 tracing::debug!(target: "eventbus", error = %e, "cannot refresh the statistics")
             }
@@ -261,5 +279,79 @@ fn name(state: ConnectionState) -> &'static str {
         ConnectionState::Connected => "connected",
         ConnectionState::Reconnecting => "reconnecting",
         _ => "closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::FutureExt;
+    use tokio::sync::Notify;
+
+    use super::{HandlerStats, Sources, Stats, Watched};
+    use crate::backend::memory::Broker;
+    use crate::backend::Backend;
+    use crate::observe::metrics::HandlerMetrics;
+
+    fn stats(pending: u64, ack_pending: u64) -> Stats {
+        Stats {
+            streams: Vec::new(),
+            handlers: vec![HandlerStats {
+                handler: "h".into(),
+                stream: "S".into(),
+                consumer: "svc-h".into(),
+                pending,
+                ack_pending,
+                redelivered: 0,
+                waiting: 0,
+                acked: 0,
+                ack_rate: 0.0,
+                stalls: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_consumer_with_pending_events_that_receives_nothing_is_pulled_anew() {
+        let metrics = Arc::new(HandlerMetrics::new("svc", "h", "S"));
+        let repull = Arc::new(Notify::new());
+        let sources = Sources {
+            backend: Backend::Memory(Broker::new()),
+            streams: Vec::new(),
+            dlq: "DLQ".into(),
+            handlers: vec![Watched::new(
+                "h".into(),
+                "S".into(),
+                "svc-h".into(),
+                metrics.clone(),
+                repull.clone(),
+            )],
+        };
+        let pulled_anew = || repull.notified().now_or_never().is_some();
+        let after = Duration::ZERO;
+        // Nothing pending: never stalled.
+        sources.find_stalls(&stats(0, 0), after);
+        sources.find_stalls(&stats(0, 0), after);
+        assert!(!pulled_anew());
+        // Pending, but awaiting acks, or in hand: working, not stalled.
+        sources.find_stalls(&stats(5, 2), after);
+        assert!(!pulled_anew());
+        let held = metrics.start(1);
+        sources.find_stalls(&stats(5, 0), after);
+        assert!(!pulled_anew());
+        drop(held);
+        // Pending, nothing in hand, nothing received: stalled.
+        sources.find_stalls(&stats(5, 0), after);
+        assert!(pulled_anew());
+        assert_eq!(metrics.stalls(), 1);
+        // Not before the time has passed, counted from the last pull anew or delivery.
+        sources.find_stalls(&stats(5, 0), Duration::from_secs(60));
+        assert!(!pulled_anew());
+        drop(metrics.start(1));
+        sources.find_stalls(&stats(4, 0), after);
+        assert!(!pulled_anew(), "received something since the last look");
+        assert_eq!(metrics.stalls(), 1);
     }
 }

@@ -126,6 +126,8 @@ async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
         .service("obs")
         .only_handlers(["obs_work"])
         .http("127.0.0.1:0".parse().unwrap())
+        // The background refresh runs too (and finds no stalled consumer in this traffic).
+        .stats_interval(Duration::from_millis(200))
         .reconnect_wait(Duration::from_millis(100))
         .max_reconnects(None)
         .start()

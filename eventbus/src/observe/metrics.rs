@@ -126,6 +126,8 @@ pub(crate) struct HandlerMetrics {
     /// not).
     received: AtomicU64,
     holding: AtomicU64,
+    /// Stalls found, for `Bus::stats`.
+    stalled: AtomicU64,
 }
 
 impl HandlerMetrics {
@@ -164,6 +166,7 @@ impl HandlerMetrics {
             acks: AtomicU64::new(0),
             received: AtomicU64::new(0),
             holding: AtomicU64::new(0),
+            stalled: AtomicU64::new(0),
         }
     }
 
@@ -206,7 +209,13 @@ impl HandlerMetrics {
 
     /// The consumer was found stalled and pulled anew.
     pub(crate) fn stalled(&self) {
+        self.stalled.fetch_add(1, Ordering::Relaxed);
         self.stalls.increment(1);
+    }
+
+    /// Stalls found so far.
+    pub(crate) fn stalls(&self) -> u64 {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     /// Acks sent by this process so far.
