@@ -106,21 +106,28 @@ struct Endpoint {
     asyncapi: Option<Document>,
 }
 
-/// Serves the endpoint on `addr` until `stop` turns true; returns the address it listens on.
-pub(crate) async fn serve(
-    addr: SocketAddr,
-    health: Health,
-    stats: Arc<Sources>,
-    asyncapi: Option<Document>,
-) -> Result<SocketAddr, Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+/// Listens on `addr` for the endpoint: before the bus connects, so an address in use fails
+/// the start at once.
+pub(crate) async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Error::new(
             ErrorKind::Config,
             format!("cannot listen on {addr} for the HTTP endpoint"),
         )
         .with_source(e)
-    })?;
-    let bound = listener.local_addr().unwrap_or(addr);
+    })
+}
+
+/// Serves the endpoint on `listener` until the bus stops; returns the address it listens on.
+pub(crate) fn serve(
+    listener: tokio::net::TcpListener,
+    health: Health,
+    stats: Arc<Sources>,
+    asyncapi: Option<Document>,
+) -> SocketAddr {
+    let bound = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     let mut stopping = health.stopping.clone();
     let endpoint = Arc::new(Endpoint {
         health,
@@ -146,7 +153,7 @@ pub(crate) async fn serve(
         }
     });
     tracing::info!(target: "eventbus", addr = %bound, "HTTP endpoint: /metrics, /healthz, /readyz");
-    Ok(bound)
+    bound
 }
 
 async fn metrics_text(AxumState(e): AxumState<Arc<Endpoint>>) -> Response {

@@ -786,3 +786,25 @@ async fn stats_follow_the_consumer_in_process() {
     )
     .await;
 }
+
+/// An endpoint address already in use fails the start, naming the address, before the bus
+/// connects or runs anything.
+#[tokio::test]
+async fn an_endpoint_address_in_use_fails_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let e = eventbus::builder()
+        .no_env()
+        .url("memory://observe-taken")
+        .service("obs-taken")
+        .http(addr)
+        .start()
+        .await
+        .expect_err("the address is taken");
+    assert_eq!(e.kind(), eventbus::ErrorKind::Config);
+    assert!(
+        e.to_string()
+            .contains(&format!("cannot listen on {addr} for the HTTP endpoint")),
+        "{e}"
+    );
+}

@@ -37,9 +37,13 @@ impl Builder {
         let (config, service, topology) = self.resolve()?.plan()?;
         // The recorder first: the metrics' handles are taken from it as they are registered.
         #[cfg(feature = "http")]
-        if config.http_addr.is_some() {
-            crate::http::install_recorder();
-        }
+        let listener = match config.http_addr {
+            Some(addr) => {
+                crate::http::install_recorder();
+                Some(crate::http::listen(addr).await?)
+            }
+            None => None,
+        };
         #[cfg(not(feature = "http"))]
         if let Some(addr) = config.http_addr {
             return Err(Error::new(
@@ -154,8 +158,8 @@ impl Builder {
             }
         });
         #[cfg(feature = "http")]
-        let http_addr = match config.http_addr {
-            Some(addr) => {
+        let http_addr = match listener {
+            Some(listener) => {
                 let health = crate::http::Health {
                     state: connected.state.clone(),
                     stopping: stop_rx.clone(),
@@ -163,7 +167,12 @@ impl Builder {
                     alive: alive.clone(),
                 };
                 let document = self.asyncapi.take();
-                Some(crate::http::serve(addr, health, stats.clone(), document).await?)
+                Some(crate::http::serve(
+                    listener,
+                    health,
+                    stats.clone(),
+                    document,
+                ))
             }
             None => None,
         };
