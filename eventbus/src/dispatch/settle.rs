@@ -132,12 +132,13 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
                 states: w.states.clone(),
             };
             let outcome = call(w, &msg, &meta, ctx, explicit).await;
+            let panicked = matches!(outcome, Outcome::Panicked(_));
             match outcome {
                 Outcome::Failed(e) | Outcome::Panicked(e) if plan.ordered && explicit && !e.is_permanent() && (attempt as i64) < plan.max_deliver => {
                     // Ordered: retry in place so later events of the aggregate wait.
                     let delay = plan.retry_delay(attempt);
                     tracing::warn!(target: "eventbus::dispatch", error = %e, attempt, ?delay, "handler failed; retrying in order");
-                    w.metrics.settled(metrics::Outcome::Retried);
+                    w.metrics.settled(if panicked { metrics::Outcome::Panicked } else { metrics::Outcome::Retried });
                     observe(w, &msg, event_id, stream_sequence, attempt, Settlement::Retried { error: e.to_string() });
                     keep_while(&msg, plan.ack_wait, tokio::time::sleep(delay)).await;
                     attempt += 1;

@@ -22,7 +22,8 @@
 //!
 //! `BENCH_ON=metrics` or `BENCH_ON=tracing` turns on only that one in the "on" parts, to see
 //! which costs what; `BENCH_SAMPLE=0.1` records that share of traces (parent-based, by trace
-//! id), as production tracing samples. Wall times on a shared machine drift: compare the
+//! id), as production tracing samples; `BENCH_LAYER=none` records the spans with
+//! `tracing-subscriber`'s registry alone (no OpenTelemetry layer). Wall times on a shared machine drift: compare the
 //! medians and the CPU times, over several rounds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -210,10 +211,15 @@ async fn main() {
             ),
         )))
         .build();
-    let tracing = tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
-    );
+    // BENCH_LAYER=none: spans recorded by the registry alone, no OpenTelemetry layer.
+    let tracing = if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "none") {
+        tracing::Dispatch::new(tracing_subscriber::registry())
+    } else {
+        tracing::Dispatch::new(
+            tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+        )
+    };
 
     // One publishing bus each; the "on" one registers its metrics under the recorder.
     let off_bus = eventbus_tests::publisher(&url, "bench-off").await;
