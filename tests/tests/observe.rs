@@ -112,9 +112,11 @@ async fn obs_work(event: JobQueued) -> Result<(), HandlerError> {
     }
 }
 
-#[tokio::test]
-async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
-    let mut server = NatsServer::start().await;
+/// Starts service `service` on `url` with the endpoint on, sends it 10 events (6 handled at
+/// once, 2 failing once, 1 panicking once, 1 failing for good) and 1 message that is no
+/// event, and checks that `/metrics` shows every documented metric with the values this
+/// traffic implies. Returns the bus and the endpoint's address.
+async fn scrape_the_traffic(url: &str, service: &'static str) -> (Bus, std::net::SocketAddr) {
     let bus = eventbus::builder()
         .config(eventbus::Config {
             publish_timeout: Duration::from_millis(500),
@@ -122,8 +124,8 @@ async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
             ..Default::default()
         })
         .no_env()
-        .url(server.url())
-        .service("obs")
+        .url(url)
+        .service(service)
         .only_handlers(["obs_work"])
         .http("127.0.0.1:0".parse().unwrap())
         // The background refresh runs too (and finds no stalled consumer in this traffic).
@@ -158,7 +160,7 @@ async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
     ];
     for (i, how) in hows.iter().enumerate() {
         bus.publish(&JobQueued {
-            id: format!("j{i}"),
+            id: format!("{service}-j{i}"),
             how: how.to_string(),
         })
         .await
@@ -174,16 +176,27 @@ async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
         || async move {
             let (status, text) = get(addr, "/metrics").await.ok()?;
             assert_eq!(status, 200, "{text}");
-            let handled = |o| value(&text, "eventbus.handled", &[("outcome", o)]).unwrap_or(0.0);
+            let handled = |o| {
+                value(
+                    &text,
+                    "eventbus.handled",
+                    &[("service", service), ("outcome", o)],
+                )
+                .unwrap_or(0.0)
+            };
             let settled = handled("acked") + handled("dead_lettered") + handled("undecodable");
-            let idle = value(&text, "eventbus.consumer.ack_pending", &[]) == Some(0.0);
+            let idle = value(
+                &text,
+                "eventbus.consumer.ack_pending",
+                &[("service", service)],
+            ) == Some(0.0);
             (settled == 11.0 && idle).then_some(text)
         },
     )
     .await;
 
     let h = [
-        ("service", "obs"),
+        ("service", service),
         ("handler", "obs_work"),
         ("stream", "OBS_JOB"),
     ];
@@ -226,15 +239,15 @@ async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
     expect("eventbus.in_flight", &h, 0.0);
     expect("messaging.process.duration_count", &h, 14.0);
     // Publishes: 10 events and 1 raw message, all stored.
-    let job = [("service", "obs"), ("event_type", "obs_job.queued.v1")];
+    let job = [("service", service), ("event_type", "obs_job.queued.v1")];
     expect("messaging.client.sent.messages", &job, 10.0);
     expect(
         "messaging.client.sent.messages",
-        &[("service", "obs"), ("event_type", "raw")],
+        &[("service", service), ("event_type", "raw")],
         1.0,
     );
     expect("messaging.client.operation.duration_count", &job, 10.0);
-    expect("eventbus.publish.retries", &[("service", "obs")], 0.0);
+    expect("eventbus.publish.retries", &[("service", service)], 0.0);
     // Lag and sizes, as the server reports them.
     expect("eventbus.consumer.pending", &h, 0.0);
     expect("eventbus.consumer.ack_pending", &h, 0.0);
@@ -245,10 +258,14 @@ async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
     assert!(value(&text, "eventbus.stream.bytes", &[("stream", "OBS_JOB")]).unwrap() > 0.0);
     expect(
         "eventbus.connection.state",
-        &[("service", "obs"), ("state", "connected")],
+        &[("service", service), ("state", "connected")],
         1.0,
     );
-    expect("eventbus.connection.reconnects", &[("service", "obs")], 0.0);
+    expect(
+        "eventbus.connection.reconnects",
+        &[("service", service)],
+        0.0,
+    );
     expect("eventbus.consumer.stalls", &h, 0.0);
     // Every metric the README documents is there.
     for name in eventbus::__private::METRIC_NAMES {
@@ -265,6 +282,20 @@ async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
             "the README's table of metrics lacks `{name}`"
         );
     }
+
+    (bus, addr)
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_over_http_with_the_values_the_traffic_implies() {
+    let mut server = NatsServer::start().await;
+    let (bus, addr) = scrape_the_traffic(&server.url(), "obs").await;
+    let h = [
+        ("service", "obs"),
+        ("handler", "obs_work"),
+        ("stream", "OBS_JOB"),
+    ];
+    let job = [("service", "obs"), ("event_type", "obs_job.queued.v1")];
 
     // The server goes away: not ready; a publish meanwhile is sent again until it is stored.
     server.stop();
@@ -807,4 +838,16 @@ async fn an_endpoint_address_in_use_fails_the_start() {
             .contains(&format!("cannot listen on {addr} for the HTTP endpoint")),
         "{e}"
     );
+}
+
+/// The same traffic on the in-process broker: the same metrics, the same values.
+#[tokio::test]
+async fn metrics_are_scraped_over_http_in_process() {
+    let (bus, addr) = scrape_the_traffic("memory://observe-metrics", "obs-mem").await;
+    assert_eq!(get(addr, "/readyz").await.unwrap().0, 200);
+    bus.shutdown().await.unwrap();
+    wait_until(TIMEOUT, "/readyz says not ready once shut down", || async move {
+        !matches!(get(addr, "/readyz").await, Ok((200, _)))
+    })
+    .await;
 }
