@@ -846,8 +846,10 @@ async fn metrics_are_scraped_over_http_in_process() {
     let (bus, addr) = scrape_the_traffic("memory://observe-metrics", "obs-mem").await;
     assert_eq!(get(addr, "/readyz").await.unwrap().0, 200);
     bus.shutdown().await.unwrap();
-    wait_until(TIMEOUT, "/readyz says not ready once shut down", || async move {
-        !matches!(get(addr, "/readyz").await, Ok((200, _)))
-    })
+    wait_until(
+        TIMEOUT,
+        "/readyz says not ready once shut down",
+        || async move { !matches!(get(addr, "/readyz").await, Ok((200, _))) },
+    )
     .await;
 }
