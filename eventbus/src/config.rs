@@ -646,4 +646,29 @@ mod tests {
             Config::from_lookup(|k| (k == "EVENTBUS_USER").then(|| "u".to_owned())).unwrap_err();
         assert!(e.to_string().contains("EVENTBUS_PASSWORD"), "{e}");
     }
+
+    #[test]
+    fn observability_from_the_env() {
+        let c = Config::from_lookup(|k| match k {
+            "EVENTBUS_HTTP_ADDR" => Some("0.0.0.0:9090".into()),
+            "EVENTBUS_STATS_INTERVAL" => Some("2s".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.http_addr, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(c.stats_interval, Duration::from_secs(2));
+        let d = Config::default();
+        assert_eq!(
+            (d.http_addr, d.stats_interval),
+            (None, Duration::from_secs(15))
+        );
+        let e = Config::from_lookup(|k| (k == "EVENTBUS_HTTP_ADDR").then(|| "9090".into()))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .starts_with("EVENTBUS_HTTP_ADDR=\"9090\" is not an address"),
+            "{e}"
+        );
+    }
 }
