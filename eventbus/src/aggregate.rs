@@ -6,11 +6,13 @@
 use async_nats::jetstream::context::PublishError;
 use async_nats::HeaderMap;
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::envelope::{encode, headers, EncodeOptions};
 use crate::error::{BoxError, Conflict, Error, ErrorKind};
 use crate::event::EventSet;
+use crate::observe::trace;
 use crate::publish::{is_wrong_last_sequence, publish_error, PublishOptions, Published, Publisher};
 use crate::read::{stream_of, Read};
 use crate::subject::check_aggregate_id;
@@ -118,15 +120,22 @@ pub(crate) async fn append<E: EventSet>(
     }
     let mut published = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
+        let d = event.descriptor();
+        let span = trace::publish_span(d.subject_pattern);
+        let trace = trace::outgoing(&span, crate::publish::carried(chain));
         let encoded = encode(
             event,
             &EncodeOptions {
                 source: publisher.service(),
                 correlation_id: chain.correlation_id.as_deref(),
                 causation_id: chain.causation_id.as_deref(),
+                traceparent: trace.traceparent.as_deref(),
+                tracestate: trace.tracestate.as_deref(),
                 ..Default::default()
             },
         )?;
+        span.record("messaging.destination.name", encoded.subject.as_str());
+        span.record("messaging.message.id", encoded.id.as_str());
         let mut headers = encoded.headers;
         headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
         headers.insert(
@@ -151,7 +160,15 @@ pub(crate) async fn append<E: EventSet>(
                 ))
             }
         };
-        match append_one(publisher, &sent, headers, encoded.payload).await {
+        let started = std::time::Instant::now();
+        let result = append_one(publisher, &sent, headers, encoded.payload)
+            .instrument(span)
+            .await;
+        let failed = result.as_ref().err().map(|e| format!("{:?}", e.kind()));
+        publisher
+            .metrics()
+            .published(d.cloud_type, started.elapsed(), failed.as_deref());
+        match result {
             Ok(p) => {
                 last = p.sequence;
                 published.push(p);

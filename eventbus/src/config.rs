@@ -321,6 +321,13 @@ pub struct Config {
     /// The version of the service's API in its AsyncAPI document (`info.version`; default
     /// `0.0.0`), e.g. `env!("CARGO_PKG_VERSION")`.
     pub api_version: Option<String>,
+    /// How often the statistics' gauges (lag, stream sizes) are refreshed and stalled
+    /// consumers looked for, on a NATS server (default 15 s; zero: never, as on the
+    /// in-process broker, whose figures `Bus::stats` and `/metrics` read when asked).
+    pub stats_interval: Duration,
+    /// Where the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) listens, if anywhere
+    /// (`EVENTBUS_HTTP_ADDR=0.0.0.0:9090`); needs the `http` feature.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -341,6 +348,8 @@ impl Default for Config {
             dlq_stream: "DLQ".to_owned(),
             publishes: Vec::new(),
             api_version: None,
+            stats_interval: Duration::from_secs(15),
+            http_addr: None,
         }
     }
 }
@@ -408,6 +417,17 @@ impl Config {
         }
         if let Some(v) = get("EVENTBUS_SHUTDOWN_GRACE") {
             c.shutdown_grace = parse_duration_var("EVENTBUS_SHUTDOWN_GRACE", &v)?;
+        }
+        if let Some(v) = get("EVENTBUS_STATS_INTERVAL") {
+            c.stats_interval = parse_duration_var("EVENTBUS_STATS_INTERVAL", &v)?;
+        }
+        if let Some(v) = get("EVENTBUS_HTTP_ADDR") {
+            c.http_addr = Some(v.trim().parse().map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("EVENTBUS_HTTP_ADDR={v:?} is not an address such as 0.0.0.0:9090"),
+                )
+            })?);
         }
         Ok(c)
     }
@@ -641,5 +661,30 @@ mod tests {
         let e =
             Config::from_lookup(|k| (k == "EVENTBUS_USER").then(|| "u".to_owned())).unwrap_err();
         assert!(e.to_string().contains("EVENTBUS_PASSWORD"), "{e}");
+    }
+
+    #[test]
+    fn observability_from_the_env() {
+        let c = Config::from_lookup(|k| match k {
+            "EVENTBUS_HTTP_ADDR" => Some("0.0.0.0:9090".into()),
+            "EVENTBUS_STATS_INTERVAL" => Some("2s".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.http_addr, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(c.stats_interval, Duration::from_secs(2));
+        let d = Config::default();
+        assert_eq!(
+            (d.http_addr, d.stats_interval),
+            (None, Duration::from_secs(15))
+        );
+        let e = Config::from_lookup(|k| (k == "EVENTBUS_HTTP_ADDR").then(|| "9090".into()))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(
+            e.to_string()
+                .starts_with("EVENTBUS_HTTP_ADDR=\"9090\" is not an address"),
+            "{e}"
+        );
     }
 }

@@ -48,6 +48,8 @@ pub mod headers {
     pub const CAUSATION_ID: &str = "ce-causationid";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state, vendor data that goes with `traceparent`.
+    pub const TRACESTATE: &str = "tracestate";
     /// JetStream's de-duplication id; equal to `ce-id`.
     pub const MSG_ID: &str = "Nats-Msg-Id";
     /// Marks a republished dead letter with `{original stream}:{original sequence}`: a second
@@ -78,6 +80,8 @@ pub struct EncodeOptions<'a> {
     pub causation_id: Option<&'a str>,
     /// W3C `traceparent`, if a trace is active.
     pub traceparent: Option<&'a str>,
+    /// W3C `tracestate`, with the `traceparent`.
+    pub tracestate: Option<&'a str>,
     /// Extra headers of the caller's, copied as they are (they may not override the
     /// CloudEvents ones).
     pub extra_headers: Option<&'a HeaderMap>,
@@ -175,6 +179,7 @@ mod names {
     pub(super) static CORRELATION_ID: HeaderName = HeaderName::from_static(headers::CORRELATION_ID);
     pub(super) static CAUSATION_ID: HeaderName = HeaderName::from_static(headers::CAUSATION_ID);
     pub(super) static TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
+    pub(super) static TRACESTATE: HeaderName = HeaderName::from_static(headers::TRACESTATE);
 }
 
 /// An empty header map with room for every header eventbus writes.
@@ -286,6 +291,10 @@ pub(crate) fn encode_at<E: EventSet>(
     if let Some(t) = opts.traceparent {
         check_value(headers::TRACEPARENT, t)?;
         h.insert(names::TRACEPARENT.clone(), t);
+        if let Some(state) = opts.tracestate {
+            check_value(headers::TRACESTATE, state)?;
+            h.insert(names::TRACESTATE.clone(), state);
+        }
     }
     Ok(EncodedEvent {
         subject,

@@ -14,6 +14,7 @@ use crate::aggregate::{self, Aggregate, Appended, Loaded};
 use crate::envelope::Metadata;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::event::EventSet;
+use crate::observe::trace;
 use crate::publish::{PublishOptions, Published, Publisher};
 use crate::read::Read;
 
@@ -181,7 +182,8 @@ impl EventContext {
     }
 
     /// The chain an event published while handling this one belongs to: the correlation id
-    /// carried forward, the handled event as the cause; what `options` sets stays.
+    /// carried forward, the handled event as the cause, and its trace context (written unless
+    /// an OpenTelemetry span of the handler's is active); what `options` sets stays.
     fn chained(&self, mut options: PublishOptions) -> PublishOptions {
         options
             .correlation_id
@@ -189,6 +191,11 @@ impl EventContext {
         options
             .causation_id
             .get_or_insert_with(|| self.event_id().to_owned());
+        if options.traceparent.is_none() {
+            options.traceparent = self.meta.traceparent.clone();
+            options.tracestate =
+                trace::header(&self.meta.headers, trace::TRACESTATE).map(str::to_owned);
+        }
         options
     }
 

@@ -14,11 +14,15 @@ mod envelope;
 mod error;
 mod event;
 mod handler;
+#[cfg(feature = "http")]
+mod http;
+mod observe;
 mod provision;
 mod publish;
 mod read;
 mod registry;
 mod rules;
+mod stats;
 mod subject;
 pub mod testing;
 mod topology;
@@ -46,6 +50,7 @@ pub use crate::handler::{
 };
 pub use crate::publish::{PublishOptions, Published};
 pub use crate::read::{Read, Recorded};
+pub use crate::stats::{HandlerStats, Stats, StreamStats};
 pub use crate::subject::Subject;
 pub use crate::topology::{ConsumerPlan, StreamPlan, Topology};
 

@@ -8,6 +8,8 @@ pub use serde_json;
 
 pub use crate::envelope::{decode, encode, new_event_id, EncodeOptions, EncodedEvent};
 pub use crate::handler::HandlerFuture;
+/// Every metric eventbus records (tests/observe.rs checks them against `/metrics` and the README).
+pub use crate::observe::metrics::ALL as METRIC_NAMES;
 pub use crate::registry::{
     event_registrations, events, handlers, CallFn, EventRegistration, HandlerRegistration,
 };

@@ -19,6 +19,8 @@ use crate::config::Config;
 use crate::envelope::{encode, encode_at, headers, EncodeOptions, EncodedEvent};
 use crate::error::{Error, ErrorKind};
 use crate::event::EventSet;
+use crate::observe::metrics::{PublishMetrics, RAW};
+use crate::observe::trace::{self, TraceContext};
 
 /// How long a publish that found no stream, though one stores its subject, waits before it is
 /// sent again (times the attempt).
@@ -38,6 +40,12 @@ pub struct PublishOptions {
     pub correlation_id: Option<String>,
     /// The causation id.
     pub causation_id: Option<String>,
+    /// The W3C `traceparent` to write when no OpenTelemetry span is active (with the
+    /// `opentelemetry` feature, the publish span's own context wins). A handler's
+    /// `ctx.publish` sets the received one, so a trace crosses a service that records no spans.
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with [`PublishOptions::traceparent`].
+    pub tracestate: Option<String>,
 }
 
 /// The server's acknowledgement of a stored event.
@@ -61,6 +69,8 @@ pub(crate) static NO_OPTIONS: PublishOptions = PublishOptions {
     headers: None,
     correlation_id: None,
     causation_id: None,
+    traceparent: None,
+    tracestate: None,
 };
 
 /// An event of `publish_all`, with no option of its own. A function rather than a closure: a
@@ -70,15 +80,36 @@ fn without_options<E>(event: &E) -> (&E, &PublishOptions) {
     (event, &NO_OPTIONS)
 }
 
-/// The encoding of an event published by `source` with `options`.
-fn encode_options<'o>(source: &'o str, options: &'o PublishOptions) -> EncodeOptions<'o> {
+/// The encoding of an event published by `source` with `options`, in the trace `trace` (if
+/// any; else the one `options` carries).
+fn encode_options<'o>(
+    source: &'o str,
+    options: &'o PublishOptions,
+    trace: Option<&'o TraceContext>,
+) -> EncodeOptions<'o> {
+    let (traceparent, tracestate) = match trace {
+        Some(t) => (t.traceparent.as_deref(), t.tracestate.as_deref()),
+        None => (
+            options.traceparent.as_deref(),
+            options.tracestate.as_deref(),
+        ),
+    };
     EncodeOptions {
         source,
         id: options.id.as_deref(),
         correlation_id: options.correlation_id.as_deref(),
         causation_id: options.causation_id.as_deref(),
-        traceparent: None,
+        traceparent,
+        tracestate,
         extra_headers: options.headers.as_ref(),
+    }
+}
+
+/// The trace context `options` carry (a handler's received one).
+pub(crate) fn carried(options: &PublishOptions) -> TraceContext {
+    TraceContext {
+        traceparent: options.traceparent.clone(),
+        tracestate: options.tracestate.clone(),
     }
 }
 
@@ -95,6 +126,7 @@ struct Settings {
     service: String,
     timeout: Duration,
     limits: Limits,
+    metrics: PublishMetrics,
 }
 
 /// How far a publish retries.
@@ -118,12 +150,13 @@ impl Publisher {
         Publisher {
             inner: Arc::new(Settings {
                 backend,
-                service,
                 timeout: config.publish_timeout,
                 limits: Limits {
                     attempts: config.publish_attempts.max(1),
                     unavailable_wait: config.publish_unavailable_wait,
                 },
+                metrics: PublishMetrics::new(&service),
+                service,
             }),
         }
     }
@@ -138,25 +171,51 @@ impl Publisher {
         &self.inner.service
     }
 
+    /// The metrics of publishing (for appends, which send through `send_acked`).
+    pub(crate) fn metrics(&self) -> &PublishMetrics {
+        &self.inner.metrics
+    }
+
     /// Publishes an event and waits until the server stored it (see `Bus::publish`).
     pub(crate) async fn publish<E: EventSet>(
         &self,
         event: &E,
         options: &PublishOptions,
     ) -> Result<Published, Error> {
-        let mut opts = encode_options(&self.inner.service, options);
+        let d = event.descriptor();
+        let span = trace::publish_span(d.subject_pattern);
+        let trace = trace::outgoing(&span, carried(options));
+        let mut opts = encode_options(&self.inner.service, options, Some(&trace));
         let encoded = encode(event, &opts)?;
-        let span = tracing::debug_span!(target: "eventbus::publish", "publish", subject = %encoded.subject, id = %encoded.id);
+        span.record("messaging.destination.name", encoded.subject.as_str());
+        span.record("messaging.message.id", encoded.id.as_str());
         // A retry sends the same headers, made again from the same id and time.
         opts.id = Some(&encoded.id);
         let time = encoded.time;
         let again = || encode_at(event, &opts, Some(time)).ok().map(|m| m.headers);
         let subject = encoded.subject.as_str();
-        self.send_acked_with(subject, encoded.headers, encoded.payload, again)
+        let started = Instant::now();
+        let result = self
+            .send_acked_with(subject, encoded.headers, encoded.payload, again)
             .instrument(span)
             .await
             .map(|ack| published(ack, encoded.id.clone()))
-            .map_err(|e| publish_error(subject, e).with_event_id(&encoded.id))
+            .map_err(|e| publish_error(subject, e).with_event_id(&encoded.id));
+        self.record(d.cloud_type, started, &result);
+        result
+    }
+
+    /// Records a publish of `event_type` that started at `started`.
+    pub(crate) fn record<T>(
+        &self,
+        event_type: &'static str,
+        started: Instant,
+        result: &Result<T, Error>,
+    ) {
+        let kind = result.as_ref().err().map(|e| format!("{:?}", e.kind()));
+        self.inner
+            .metrics
+            .published(event_type, started.elapsed(), kind.as_deref());
     }
 
     /// Publishes a message as it is (see `Bus::publish_raw`).
@@ -170,10 +229,14 @@ impl Publisher {
             .get(headers::MSG_ID)
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default();
-        self.send_acked(subject, headers, payload)
+        let started = Instant::now();
+        let result = self
+            .send_acked(subject, headers, payload)
             .await
             .map_err(|e| publish_error(subject, e).with_event_id(&id))
-            .map(|ack| published(ack, id))
+            .map(|ack| published(ack, id));
+        self.record(RAW, started, &result);
+        result
     }
 
     /// Publishes and waits for the acknowledgement, sending again with the same headers (so
@@ -238,6 +301,7 @@ impl Publisher {
             match again() {
                 Some(h) => {
                     tracing::warn!(target: "eventbus::publish", %subject, attempt = retry.sends, "publish not acknowledged; sending again with the same id");
+                    self.inner.metrics.retried();
                     headers = h;
                 }
                 None => return Err(retry.last.take().expect("the error of the last attempt")),
@@ -460,7 +524,10 @@ impl Publisher {
         I: IntoIterator<Item = (&'a E, &'a PublishOptions)>,
     {
         let events = events.into_iter();
+        // One trace for the whole call: the current span's (the events' own otherwise).
+        let current = trace::outgoing(&tracing::Span::current(), TraceContext::default());
         let mut run = PublishAll {
+            trace: current.traceparent.is_some().then_some(current),
             publisher: self,
             out: Vec::with_capacity(events.size_hint().0),
             window: VecDeque::with_capacity(PIPELINE_WINDOW),
@@ -478,8 +545,14 @@ impl Publisher {
                 run.out[index] = Some(Err(not_sent(event, options, why)));
                 continue;
             }
-            match encode(event, &encode_options(self.service(), options)) {
-                Ok(m) => run.send(index, event, options, m, Retry::default()).await,
+            match encode(
+                event,
+                &encode_options(self.service(), options, run.trace.as_ref()),
+            ) {
+                Ok(m) => {
+                    run.send(index, event, options, m, Retry::default(), Instant::now())
+                        .await
+                }
                 Err(e) => run.out[index] = Some(Err(e)),
             }
         }
@@ -503,6 +576,8 @@ struct Sent<'a, E> {
     time: time::OffsetDateTime,
     /// Its attempts so far.
     retry: Retry,
+    /// When it was first sent.
+    started: Instant,
 }
 
 /// A publish of `publish_all` waiting for its acknowledgement.
@@ -528,6 +603,8 @@ struct PublishAll<'b, 'a, E> {
     stopped: Option<String>,
     /// Whether a stream stores the events' subjects, once a publish found none.
     stream_exists: Option<bool>,
+    /// The trace the events carry, if a span is active.
+    trace: Option<TraceContext>,
 }
 
 impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
@@ -538,6 +615,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         options: &'a PublishOptions,
         m: EncodedEvent,
         retry: Retry,
+        started: Instant,
     ) {
         let ack = self
             .publisher
@@ -552,6 +630,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
                 id: m.id,
                 time: m.time,
                 retry,
+                started,
             },
             sent_at: tokio::time::Instant::now(),
             ack,
@@ -578,7 +657,10 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         let e = match result {
             Ok(ack) => {
                 self.last_progress = Instant::now();
-                self.out[f.index] = Some(Ok(published(ack, f.id)));
+                let d = f.event.descriptor();
+                let result = Ok(published(ack, f.id));
+                self.publisher.record(d.cloud_type, f.started, &result);
+                self.out[f.index] = Some(result);
                 return;
             }
             Err(e) => e,
@@ -595,7 +677,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             } else {
                 e
             };
-            self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+            self.failed(&f, Err(publish_error(&subject, e).with_event_id(&f.id)));
             return;
         }
         let settings = &self.publisher.inner;
@@ -615,7 +697,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
                     // The server answered: it is there.
                     self.last_progress = Instant::now();
                 }
-                self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+                self.failed(&f, Err(publish_error(&subject, e).with_event_id(&f.id)));
             }
             Next::Again(_) => {
                 let silent = self.last_progress.elapsed();
@@ -625,7 +707,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
                         silent.as_millis()
                     ));
                     let e = f.retry.last.take().expect("the error of the last attempt");
-                    self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+                    self.failed(&f, Err(publish_error(&subject, e).with_event_id(&f.id)));
                     return;
                 }
                 self.send_again(f).await;
@@ -633,7 +715,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             Next::IfStreamExists(pause, e) => {
                 if !self.stream_not_reached_yet(&subject).await {
                     let e = f.retry.give_up(e);
-                    self.out[f.index] = Some(Err(publish_error(&subject, e).with_event_id(&f.id)));
+                    self.failed(&f, Err(publish_error(&subject, e).with_event_id(&f.id)));
                     return;
                 }
                 // Like a timeout, but answered at once: send it again a pause after it was
@@ -664,16 +746,26 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
         exists
     }
 
+    /// Records the failure of a publish of the window.
+    fn failed(&mut self, f: &Sent<'a, E>, result: Result<Published, Error>) {
+        self.publisher
+            .record(f.event.descriptor().cloud_type, f.started, &result);
+        self.out[f.index] = Some(result);
+    }
+
     /// Sends a publish again, encoded with its first id and time, at the back of the window.
     async fn send_again(&mut self, mut f: Sent<'a, E>) {
-        let mut options = encode_options(self.publisher.service(), f.options);
+        let mut options = encode_options(self.publisher.service(), f.options, self.trace.as_ref());
         options.id = Some(&f.id);
         match encode_at(f.event, &options, Some(f.time)) {
             Ok(m) => {
                 if let Some(e) = f.retry.last.take() {
                     tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.retry.sends, error = %e, "publish not acknowledged; sending again with the same id");
                 }
-                self.send(f.index, f.event, f.options, m, f.retry).await;
+                self.publisher.inner.metrics.retried();
+                let (retry, started) = (f.retry, f.started);
+                self.send(f.index, f.event, f.options, m, retry, started)
+                    .await;
             }
             Err(encode_error) => self.out[f.index] = Some(Err(encode_error)),
         }

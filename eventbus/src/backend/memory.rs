@@ -252,6 +252,47 @@ impl Broker {
         Some((first, s.last_seq))
     }
 
+    /// A stream's figures, as the server's stream info gives them.
+    pub(crate) fn stream_figures(&self, name: &str) -> Option<super::StreamFigures> {
+        let st = self.lock();
+        let s = st.streams.get(name)?;
+        let first = match s.messages.keys().next() {
+            Some(f) => *f,
+            None if s.last_seq == 0 => 0,
+            None => s.last_seq + 1,
+        };
+        Some(super::StreamFigures {
+            messages: s.messages.len() as u64,
+            bytes: s.bytes,
+            first_sequence: first,
+            last_sequence: s.last_seq,
+            consumers: s.consumers.len(),
+        })
+    }
+
+    /// A consumer's figures, as the server's consumer info gives them: events not yet
+    /// delivered, delivered and not acked, redelivered among those; no pull waits here.
+    pub(crate) fn consumer_figures(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Option<super::ConsumerFigures> {
+        let st = self.lock();
+        let s = st.streams.get(stream)?;
+        let c = s.consumers.get(name)?;
+        let pending = s
+            .messages
+            .range(c.cursor..)
+            .filter(|(_, m)| matches_consumer(&c.config, &m.subject))
+            .count() as u64;
+        Some(super::ConsumerFigures {
+            pending,
+            ack_pending: c.pending.len() as u64,
+            redelivered: c.pending.values().filter(|p| p.deliveries > 1).count() as u64,
+            waiting: 0,
+        })
+    }
+
     /// The first message at or after `seq` whose subject `filter` matches.
     pub(crate) fn next_by_subject(&self, stream: &str, filter: &str, seq: u64) -> Option<Stored> {
         let st = self.lock();

@@ -279,6 +279,33 @@ impl Backend {
         }
     }
 
+    /// A stream's figures now.
+    pub(crate) async fn stream_figures(&self, name: &str) -> Result<StreamFigures, Error> {
+        match self {
+            Backend::Nats(n) => n.stream_figures(name).await,
+            Backend::Memory(b) => b
+                .stream_figures(name)
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no stream `{name}`"))),
+        }
+    }
+
+    /// A consumer's figures now.
+    pub(crate) async fn consumer_figures(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<ConsumerFigures, Error> {
+        match self {
+            Backend::Nats(n) => n.consumer_figures(stream, name).await,
+            Backend::Memory(b) => b.consumer_figures(stream, name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("no consumer `{name}` on stream `{stream}`"),
+                )
+            }),
+        }
+    }
+
     /// A puller of a consumer's events. It follows the connection's `state`, to start over
     /// after a reconnect.
     pub(crate) async fn puller(
@@ -541,6 +568,18 @@ impl Puller {
         }
     }
 
+    /// Forgets every outstanding request and starts over (a stalled consumer): answers
+    /// [`Pulled::Reset`], or the failure to start over.
+    pub(crate) async fn reset(&mut self) -> Pulled {
+        match self {
+            Puller::Nats(p) => p.reset().await,
+            Puller::Memory { credits, .. } => {
+                *credits = 0;
+                Pulled::Reset
+            }
+        }
+    }
+
     /// The next thing the pull brings. Cancel-safe.
     pub(crate) async fn next(&mut self) -> Pulled {
         match self {
@@ -570,6 +609,29 @@ impl Puller {
             }
         }
     }
+}
+
+/// A stream's figures, as the server reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamFigures {
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+    pub(crate) first_sequence: u64,
+    pub(crate) last_sequence: u64,
+    pub(crate) consumers: usize,
+}
+
+/// A consumer's figures, as the server reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConsumerFigures {
+    /// Events not yet delivered.
+    pub(crate) pending: u64,
+    /// Delivered and not yet acknowledged.
+    pub(crate) ack_pending: u64,
+    /// Redelivered and not yet acknowledged.
+    pub(crate) redelivered: u64,
+    /// Pull requests waiting.
+    pub(crate) waiting: u64,
 }
 
 /// One delivered message.

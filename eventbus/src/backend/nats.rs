@@ -249,6 +249,47 @@ impl Nats {
             })
     }
 
+    /// A stream's figures (`$JS.API.STREAM.INFO`).
+    pub(crate) async fn stream_figures(&self, name: &str) -> Result<super::StreamFigures, Error> {
+        let s = self.js.get_stream(name).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Refused,
+                format!("cannot look up stream `{name}`"),
+            )
+            .with_source(e)
+        })?;
+        let st = &s.cached_info().state;
+        Ok(super::StreamFigures {
+            messages: st.messages,
+            bytes: st.bytes,
+            first_sequence: st.first_sequence,
+            last_sequence: st.last_sequence,
+            consumers: st.consumer_count,
+        })
+    }
+
+    /// A consumer's figures (`$JS.API.CONSUMER.INFO`).
+    pub(crate) async fn consumer_figures(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<super::ConsumerFigures, Error> {
+        let s = self.stream(stream).await?;
+        let info = s.consumer_info(name).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Refused,
+                format!("cannot look up consumer `{name}` on `{stream}`"),
+            )
+            .with_source(e)
+        })?;
+        Ok(super::ConsumerFigures {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            waiting: info.num_waiting as u64,
+        })
+    }
+
     pub(crate) async fn stream_by_subject(&self, subject: &str) -> Result<Option<String>, Error> {
         match self.js.stream_by_subject(subject).await {
             Ok(name) => Ok(Some(name)),

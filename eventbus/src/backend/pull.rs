@@ -115,7 +115,7 @@ impl NatsPuller {
 
     /// Starts over on a new inbox: what the old requests still deliver goes nowhere (the
     /// server redelivers it after the ack wait).
-    async fn reset(&mut self) -> Pulled {
+    pub(crate) async fn reset(&mut self) -> Pulled {
         self.outstanding = 0;
         match self.resubscribe().await {
             Ok(()) => Pulled::Reset,

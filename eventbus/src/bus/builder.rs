@@ -132,6 +132,19 @@ impl Builder {
         self.set(move |c| c.reconnect.connect_timeout = timeout)
     }
 
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` (as `EVENTBUS_HTTP_ADDR` does);
+    /// port 0 picks a free one ([`Bus::http_addr`](crate::Bus::http_addr) tells which). Needs the `http` feature:
+    /// without it, starting fails with an error that says so.
+    pub fn http(self, addr: std::net::SocketAddr) -> Self {
+        self.set(move |c| c.http_addr = Some(addr))
+    }
+
+    /// How often the lag and size metrics are refreshed and stalled consumers looked for
+    /// (default 15 s; zero: never). See [`Config::stats_interval`].
+    pub fn stats_interval(self, every: Duration) -> Self {
+        self.set(move |c| c.stats_interval = every)
+    }
+
     /// How long in-flight handlers may run on after a shutdown began.
     pub fn shutdown_grace(self, grace: Duration) -> Self {
         self.set(move |c| c.shutdown_grace = grace)

@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind};
 use crate::event::EventSet;
 use crate::publish::{PublishOptions, Published, Publisher};
 use crate::read::Read;
+use crate::stats::{Sources, Stats};
 use crate::topology::Topology;
 
 /// How long a shutdown waits to send the last acks (the connection may be down).
@@ -69,6 +70,10 @@ struct Inner {
     _keep_alive: Option<(watch::Sender<ConnectionState>, watch::Sender<bool>)>,
     /// Until a shutdown, or the drop of the last handle, takes it.
     running: Mutex<Option<Running>>,
+    /// Where `stats` comes from.
+    stats: Arc<Sources>,
+    /// Where the HTTP endpoint listens, if it is on.
+    http_addr: Option<std::net::SocketAddr>,
     shut_down: tokio::sync::Mutex<bool>,
 }
 
@@ -339,6 +344,21 @@ impl Bus {
             out.push(self.republish_dead_letter(d.sequence).await?);
         }
         Ok(out)
+    }
+
+    /// What the bus's streams and handlers' consumers hold now, as the server reports them
+    /// (`$JS.API` stream and consumer info; the in-process broker's own figures), with the
+    /// acknowledgement rate this process measured: per stream its messages, bytes, first and
+    /// last sequence and consumers; per handler its consumer's pending (lag), ack-pending,
+    /// redelivered and waiting pulls. Also refreshes the lag and size metrics.
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        self.inner.stats.gather().await
+    }
+
+    /// Where the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) listens, if it is on
+    /// (feature `http`, [`Builder::http`]): the bound address, so a port 0 shows its number.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.http_addr
     }
 
     /// Resolves with an error when the connection is lost for good (reconnect attempts

@@ -1,10 +1,11 @@
 //! Start-up: validate, connect, provision, start one worker per handler, and hand back the
 //! [`Bus`] that owns them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::IntoConsumerConfig;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::builder::Selection;
 use super::{Builder, Bus, Inner, Running};
@@ -12,8 +13,10 @@ use crate::backend::Backend;
 use crate::config::AckPolicy;
 use crate::dispatch::{self, Worker};
 use crate::error::{chain, Error, ErrorKind};
+use crate::observe::metrics::HandlerMetrics;
 use crate::provision;
 use crate::publish::Publisher;
+use crate::stats::{self, Sources, Watched};
 
 impl Builder {
     /// Validates the registry, connects, provisions streams and consumers, and starts the
@@ -47,6 +50,22 @@ impl Builder {
             std::process::exit(0);
         }
         let (config, service, topology) = self.resolve()?.plan()?;
+        // The recorder first: the metrics' handles are taken from it as they are registered.
+        #[cfg(feature = "http")]
+        let listener = match config.http_addr {
+            Some(addr) => {
+                crate::http::install_recorder();
+                Some(crate::http::listen(addr).await?)
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "http"))]
+        if let Some(addr) = config.http_addr {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("an HTTP endpoint is asked for on {addr} (EVENTBUS_HTTP_ADDR or Builder::http), but eventbus was built without its `http` feature"),
+            ));
+        }
         let observer = self.observer.take();
         let states = std::mem::take(&mut self.states);
         let connected = Backend::connect(&config, &service).await?;
@@ -72,6 +91,8 @@ impl Builder {
             workers: Vec::new(),
             ephemeral: Vec::new(),
         };
+        let mut watched = Vec::new();
+        let alive = Arc::new(AtomicUsize::new(0));
         for plan in &topology.consumers {
             let stream_name = stream_names
                 .get(&plan.stream)
@@ -99,6 +120,15 @@ impl Builder {
             let puller = backend
                 .puller(&stream_name, &name, connected.state.clone(), plan.ack_wait)
                 .await?;
+            let metrics = Arc::new(HandlerMetrics::new(&service, &plan.handler, &stream_name));
+            let repull = Arc::new(Notify::new());
+            watched.push(Watched::new(
+                plan.handler.clone(),
+                stream_name.clone(),
+                name.clone(),
+                metrics.clone(),
+                repull.clone(),
+            ));
             let worker = Arc::new(Worker {
                 plan: plan.clone(),
                 stream: stream_name,
@@ -106,15 +136,79 @@ impl Builder {
                 publisher: publisher.clone(),
                 states: states.clone(),
                 observer: observer.clone(),
+                metrics,
+                repull,
             });
-            running.workers.push(tokio::spawn(dispatch::run(
+            let counted = Alive::count(&alive);
+            let run = dispatch::run(
                 worker,
                 puller,
                 given_up,
                 stop_rx.clone(),
                 config.shutdown_grace,
-            )));
+            );
+            running.workers.push(tokio::spawn(async move {
+                let _alive = counted;
+                run.await
+            }));
         }
+        let mut streams: Vec<String> = topology
+            .streams
+            .iter()
+            .map(|s| {
+                stream_names
+                    .get(&s.name)
+                    .cloned()
+                    .unwrap_or_else(|| s.name.clone())
+            })
+            .collect();
+        streams.dedup();
+        let stats = Arc::new(Sources {
+            backend: backend.clone(),
+            streams,
+            dlq: config.dlq_stream.clone(),
+            handlers: watched,
+        });
+        if backend.broker().is_none() && !config.stats_interval.is_zero() {
+            tokio::spawn(stats::poll(
+                stats.clone(),
+                config.stats_interval,
+                stop_rx.clone(),
+            ));
+        }
+        let watching = stats::watch_connection(service.clone(), connected.state.clone());
+        let mut stopped = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = watching => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
+        #[cfg(feature = "http")]
+        let http_addr = match listener {
+            Some(listener) => {
+                let health = crate::http::Health {
+                    state: connected.state.clone(),
+                    stopping: stop_rx.clone(),
+                    workers: running.workers.len(),
+                    alive: alive.clone(),
+                };
+                // The service's AsyncAPI document, made once (see "Contracts").
+                let document =
+                    serde_json::to_string(&crate::contract::document(&topology, &config))
+                        .expect("a JSON value serializes");
+                let document: crate::http::Document = Arc::new(move || document.clone());
+                Some(crate::http::serve(
+                    listener,
+                    health,
+                    stats.clone(),
+                    Some(document),
+                ))
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "http"))]
+        let http_addr = None;
         tracing::info!(
             target: "eventbus",
             service = %service,
@@ -133,8 +227,26 @@ impl Builder {
                 gave_up: connected.gave_up,
                 _keep_alive: connected._keep_alive,
                 running: std::sync::Mutex::new(Some(running)),
+                stats,
+                http_addr,
                 shut_down: tokio::sync::Mutex::new(false),
             }),
         })
+    }
+}
+
+/// A running worker, counted in `alive` until its task ends (however it ends).
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn count(alive: &Arc<AtomicUsize>) -> Alive {
+        alive.fetch_add(1, Ordering::Relaxed);
+        Alive(alive.clone())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

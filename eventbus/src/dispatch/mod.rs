@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::AckKind;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{GivenUp, Incoming, Pulled, Puller};
 use crate::handler::States;
+use crate::observe::metrics::HandlerMetrics;
 use crate::publish::Publisher;
 use crate::topology::ConsumerPlan;
 
@@ -74,6 +75,10 @@ pub(crate) struct Worker {
     /// The application's state, for handlers' `State<T>` parameters.
     pub(crate) states: States,
     pub(crate) observer: Option<Arc<dyn Observer>>,
+    /// The handler's metrics (`observe/metrics.rs`).
+    pub(crate) metrics: Arc<HandlerMetrics>,
+    /// Told to pull anew when `stats.rs` finds the consumer stalled.
+    pub(crate) repull: Arc<Notify>,
 }
 
 impl Worker {
@@ -164,6 +169,13 @@ pub(crate) async fn run(
             biased;
             _ = stop.changed() => break 'pull,
             Some(()) = tasks.next(), if !tasks.is_empty() => ahead.finished(),
+            _ = worker.repull.notified() => {
+                // Found stalled (`stats.rs`): the credit asked for is forgotten, asked anew.
+                if let Pulled::Failed(e) = puller.reset().await {
+                    tracing::warn!(target: "eventbus::dispatch", consumer = %worker.consumer_name, error = %e, "cannot pull anew");
+                }
+                credit = 0;
+            }
             _ = std::future::ready(()), if want >= batch => {
                 match puller.request(want).await {
                     Ok(()) => credit += want,

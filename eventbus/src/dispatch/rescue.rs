@@ -79,6 +79,7 @@ async fn rescue(w: &Worker, gave_up: GaveUp) {
         .await;
         match outcome {
             Ok((stored, error)) => {
+                w.metrics.dead_letter(DeadReason::Undeliverable.as_str());
                 tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, stream = %w.stream, sequence, %error, "dead-lettered an event the server gave up on");
                 if let Some(o) = &w.observer {
                     let id = stored

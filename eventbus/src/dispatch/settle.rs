@@ -17,11 +17,15 @@ use crate::dlq::{self, DeadReason};
 use crate::envelope::{headers, Metadata};
 use crate::error::{chain, ErrorKind};
 use crate::handler::{Delivery, EventContext, HandlerError};
+use crate::observe::metrics;
+use crate::observe::trace::{self, Process};
 use crate::topology::ConsumerPlan;
 
 enum Outcome {
     Handled,
     Failed(HandlerError),
+    /// The handler panicked (a transient failure).
+    Panicked(HandlerError),
     Dead(DeadReason, String),
 }
 
@@ -68,18 +72,23 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
             return;
         }
     };
-    let span = tracing::info_span!(
-        target: "eventbus::dispatch",
-        "handle",
-        handler = %plan.handler,
-        subject = %msg.subject(),
-        stream_sequence,
-        delivered,
+    let _in_flight = w.metrics.start(delivered);
+    // The headers move into the metadata: no copy per event.
+    let headers = msg.take_headers();
+    let span = trace::process_span(
+        &Process {
+            handler: &plan.handler,
+            filter: &plan.filter,
+            consumer: &w.consumer_name,
+            stream: &w.stream,
+            subject: msg.subject(),
+            stream_sequence,
+            delivered,
+        },
+        &headers,
     );
     async move {
         let explicit = plan.ack == AckPolicy::Explicit;
-        // The headers move into the metadata: no copy per event.
-        let headers = msg.take_headers();
         // Whether the message carried an id of its own (else it gets one of its stream's).
         let mut carried_id = true;
         let meta = match Metadata::from_owned(msg.subject(), headers, msg.payload()) {
@@ -99,6 +108,7 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
             }
         };
         let event_id = carried_id.then_some(meta.id.as_str());
+        tracing::Span::current().record("messaging.message.id", meta.id.as_str());
         if explicit && delivered as i64 > plan.max_deliver {
             let why = format!(
                 "delivered {delivered} times, more than max_deliver {}: the last attempt did not finish",
@@ -122,11 +132,13 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
                 states: w.states.clone(),
             };
             let outcome = call(w, &msg, &meta, ctx, explicit).await;
+            let panicked = matches!(outcome, Outcome::Panicked(_));
             match outcome {
-                Outcome::Failed(e) if plan.ordered && explicit && !e.is_permanent() && (attempt as i64) < plan.max_deliver => {
+                Outcome::Failed(e) | Outcome::Panicked(e) if plan.ordered && explicit && !e.is_permanent() && (attempt as i64) < plan.max_deliver => {
                     // Ordered: retry in place so later events of the aggregate wait.
                     let delay = plan.retry_delay(attempt);
                     tracing::warn!(target: "eventbus::dispatch", error = %e, attempt, ?delay, "handler failed; retrying in order");
+                    w.metrics.settled(if panicked { metrics::Outcome::Panicked } else { metrics::Outcome::Retried });
                     observe(w, &msg, event_id, stream_sequence, attempt, Settlement::Retried { error: e.to_string() });
                     keep_while(&msg, plan.ack_wait, tokio::time::sleep(delay)).await;
                     attempt += 1;
@@ -164,7 +176,7 @@ async fn call(
             };
             return Outcome::Dead(reason, chain(&e));
         }
-        Err(panic) => return Outcome::Failed(panicked(panic)),
+        Err(panic) => return Outcome::Panicked(panicked(panic)),
     };
     let guarded = AssertUnwindSafe(fut).catch_unwind();
     let result = if explicit {
@@ -175,7 +187,7 @@ async fn call(
     match result {
         Ok(Ok(())) => Outcome::Handled,
         Ok(Err(e)) => Outcome::Failed(e),
-        Err(panic) => Outcome::Failed(panicked(panic)),
+        Err(panic) => Outcome::Panicked(panicked(panic)),
     }
 }
 
@@ -234,7 +246,7 @@ fn decide(plan: &ConsumerPlan, delivered: u64, outcome: Outcome) -> Action {
     let failure = match outcome {
         Outcome::Handled if plan.ack == AckPolicy::None => return Action::Leave { failure: None },
         Outcome::Handled => return Action::Ack,
-        Outcome::Failed(e) => (e.is_permanent(), e.to_string()),
+        Outcome::Failed(e) | Outcome::Panicked(e) => (e.is_permanent(), e.to_string()),
         Outcome::Dead(reason, error) if plan.ack != AckPolicy::None => {
             return Action::DeadLetter { reason, error }
         }
@@ -272,7 +284,20 @@ async fn settle(
     delivered: u64,
     outcome: Outcome,
 ) {
+    let special = match &outcome {
+        Outcome::Panicked(_) => Some(metrics::Outcome::Panicked),
+        Outcome::Dead(DeadReason::Undecodable | DeadReason::UnknownEventType, _) => {
+            Some(metrics::Outcome::Undecodable)
+        }
+        _ => None,
+    };
     let action = decide(&w.plan, delivered, outcome);
+    w.metrics.settled(special.unwrap_or(match &action {
+        Action::Ack => metrics::Outcome::Acked,
+        Action::Retry { .. } => metrics::Outcome::Retried,
+        Action::DeadLetter { .. } => metrics::Outcome::DeadLettered,
+        Action::Leave { .. } => metrics::Outcome::Unacknowledged,
+    }));
     if w.observer.is_some() {
         let settlement = match &action {
             Action::Ack => Settlement::Acked,
@@ -334,6 +359,7 @@ async fn dead_letter(
     };
     match dlq::store(&w.publisher, &given).await {
         Ok(()) => {
+            w.metrics.dead_letter(reason.as_str());
             if let Err(e) = msg.settle(AckKind::Term).await {
                 tracing::warn!(target: "eventbus::dispatch", error = %e, "cannot terminate dead-lettered event");
             }

@@ -1,0 +1,310 @@
+//! Benchmark: what metrics and tracing cost, publishing and consuming with both on against
+//! the same with both off, on the same server in the same run.
+//!
+//! Run: `cargo run --release -p eventbus-tests --bin bench_observe -- [pipelined] [awaited] [backlog] [rounds]`
+//! (defaults: 20000 pipelined events, 2000 awaited events, a backlog of 50000, 5 rounds). It
+//! starts its own nats-server (see the harness). "On" is what a production service runs with:
+//! a Prometheus recorder (`metrics-exporter-prometheus`) for eventbus's metrics and a
+//! `tracing-opentelemetry` layer exporting every span through a batch processor (the
+//! exporter discards them: the cost measured is eventbus's and the layer's, not a network's),
+//! so every publish and every delivery makes an OpenTelemetry span and writes or reads
+//! `traceparent`. "Off" is no recorder and no subscriber. Both run on this one thread
+//! (a current-thread runtime), where the recorder and the subscriber are installed for the
+//! "on" parts only (`metrics::set_default_local_recorder`, `tracing::dispatcher::set_default`);
+//! the metric handles a bus registers stay bound to the recorder that was there when it
+//! registered them.
+//!
+//! Per round, in alternating order: `publish_all` of the pipelined events, `publish` of the
+//! awaited events one after the other, and a do-nothing handler consuming the whole backlog
+//! on a fresh durable consumer. It prints each part's rates and this process's CPU time per
+//! event (the span exporter's thread included), and, per part, the ratio off time / on time
+//! over all rounds (1.0: no cost; 0.95: on takes 5 % longer) and the same ratio of CPU time.
+//!
+//! `BENCH_ON=metrics` or `BENCH_ON=tracing` turns on only that one in the "on" parts, to see
+//! which costs what; `BENCH_SAMPLE=0.1` records that share of traces (parent-based, by trace
+//! id), as production tracing samples; `BENCH_LAYER=none` records the spans with
+//! `tracing-subscriber`'s registry alone (no OpenTelemetry layer). Wall times on a shared machine drift: compare the
+//! medians and the CPU times, over several rounds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use eventbus::prelude::*;
+use eventbus::{Bus, ConsumerOptions};
+use eventbus_tests::NatsServer;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use opentelemetry::trace::TracerProvider as _;
+use tokio::sync::Notify;
+use tracing_subscriber::layer::SubscriberExt;
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "bench_obs", name = "tick")]
+struct Tick {
+    #[event(aggregate_id)]
+    id: String,
+    n: u64,
+    note: String,
+}
+
+/// Discards the spans it is given, counting them.
+#[derive(Debug, Default)]
+struct Discard;
+
+static EXPORTED: AtomicUsize = AtomicUsize::new(0);
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        EXPORTED.fetch_add(batch.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// CPU time (user + system) this process used so far, from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Wall and CPU time of one part.
+#[derive(Debug, Clone, Copy, Default)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
+
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+static DONE: Notify = Notify::const_new();
+
+#[event_handler]
+async fn bench_obs_tick(event: Tick) -> Result<(), HandlerError> {
+    std::hint::black_box(&event);
+    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
+        DONE.notify_one();
+    }
+    Ok(())
+}
+
+fn ticks(n: usize, from: usize) -> Vec<Tick> {
+    (from..from + n)
+        .map(|i| Tick {
+            id: format!("a{}", i % 1000),
+            n: i as u64,
+            note: "x".repeat(64),
+        })
+        .collect()
+}
+
+async fn pipelined(bus: &Bus, events: &[Tick]) -> Duration {
+    let started = Instant::now();
+    for r in bus.publish_all(events).await {
+        r.expect("stored");
+    }
+    started.elapsed()
+}
+
+async fn awaited(bus: &Bus, events: &[Tick]) -> Duration {
+    let started = Instant::now();
+    for e in events {
+        bus.publish(e).await.expect("stored");
+    }
+    started.elapsed()
+}
+
+async fn consume(url: &str, durable: &str, n: usize) -> Duration {
+    HANDLED.store(0, Ordering::SeqCst);
+    TARGET.store(n, Ordering::SeqCst);
+    let started = Instant::now();
+    let bus = eventbus::builder()
+        .no_env()
+        .url(url)
+        .service("bench-obs")
+        .only_handlers(["bench_obs_tick"])
+        .handler(
+            "bench_obs_tick",
+            ConsumerOptions {
+                durable_name: Some(durable.to_owned().into()),
+                concurrency: Some(1024),
+                ..Default::default()
+            },
+        )
+        .start()
+        .await
+        .expect("bus");
+    DONE.notified().await;
+    let elapsed = started.elapsed();
+    bus.shutdown().await.expect("shutdown");
+    elapsed
+}
+
+/// Times `part` with metrics and tracing off, then on (or on first when `on_first`).
+async fn both<F, Fut>(
+    on_first: bool,
+    recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+    tracing: &tracing::Dispatch,
+    mut part: F,
+) -> (Took, Took)
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let mut on = Took::default();
+    let mut off = Took::default();
+    for turn in 0..2 {
+        let cpu = cpu_time();
+        if (turn == 0) == on_first {
+            let only = std::env::var("BENCH_ON").unwrap_or_default();
+            let none = metrics::NoopRecorder;
+            let _metrics = metrics::set_default_local_recorder(if only == "tracing" {
+                &none
+            } else {
+                recorder
+            });
+            let off = tracing::Dispatch::none();
+            let tracing =
+                tracing::dispatcher::set_default(if only == "metrics" { &off } else { tracing });
+            // Callsites first met with no subscriber were cached as never enabled.
+            tracing::callsite::rebuild_interest_cache();
+            on.wall = part(true).await;
+            on.cpu = cpu_time() - cpu;
+            drop(tracing);
+            tracing::callsite::rebuild_interest_cache();
+        } else {
+            off.wall = part(false).await;
+            off.cpu = cpu_time() - cpu;
+        }
+    }
+    (off, on)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut arg = |default: usize| {
+        args.next()
+            .map(|a| a.parse().expect("a number"))
+            .unwrap_or(default)
+    };
+    let (n_pipelined, n_awaited, backlog, rounds) = (arg(20_000), arg(2_000), arg(50_000), arg(5));
+    let server = NatsServer::start().await;
+    let url = server.url();
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(Discard)
+        // BENCH_SAMPLE: the share of traces recorded (default all), as production samples.
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(
+                std::env::var("BENCH_SAMPLE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1.0),
+            ),
+        )))
+        .build();
+    // BENCH_LAYER=none: spans recorded by the registry alone, no OpenTelemetry layer.
+    let tracing = if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "none") {
+        tracing::Dispatch::new(tracing_subscriber::registry())
+    } else {
+        tracing::Dispatch::new(
+            tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+        )
+    };
+
+    // One publishing bus each; the "on" one registers its metrics under the recorder.
+    let off_bus = eventbus_tests::publisher(&url, "bench-off").await;
+    let on_bus = {
+        let _metrics = metrics::set_default_local_recorder(&recorder);
+        let bus = eventbus_tests::publisher(&url, "bench-on").await;
+        // Its handles per event type are registered at its first publish.
+        bus.publish(&ticks(1, 0)[0]).await.expect("stored");
+        bus
+    };
+    let pick = |on: bool| if on { &on_bus } else { &off_bus };
+    let mut from = 0;
+    // The backlog the consumers read.
+    for r in off_bus.publish_all(&ticks(backlog, 0)).await {
+        r.expect("stored");
+    }
+    println!(
+        "backlog: {backlog} events on nats-server {:?}",
+        server.version()
+    );
+
+    let mut totals = [(Took::default(), Took::default()); 3];
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    let names = ["publish_all", "publish", "consume"];
+    for r in 1..=rounds {
+        let on_first = r % 2 == 0;
+        from += n_pipelined;
+        let events = ticks(n_pipelined, from);
+        let p = both(on_first, &recorder, &tracing, |on| {
+            pipelined(pick(on), &events)
+        })
+        .await;
+        from += n_awaited;
+        let events = ticks(n_awaited, from);
+        let a = both(on_first, &recorder, &tracing, |on| {
+            awaited(pick(on), &events)
+        })
+        .await;
+        let c = both(on_first, &recorder, &tracing, |on| {
+            let durable = format!("bench-{}-{r}", if on { "on" } else { "off" });
+            let url = url.clone();
+            async move { consume(&url, &durable, backlog).await }
+        })
+        .await;
+        for (i, ((off, on), n)) in [(p, n_pipelined), (a, n_awaited), (c, backlog)]
+            .into_iter()
+            .enumerate()
+        {
+            totals[i].0.wall += off.wall;
+            totals[i].0.cpu += off.cpu;
+            totals[i].1.wall += on.wall;
+            totals[i].1.cpu += on.cpu;
+            let ratio = off.wall.as_secs_f64() / on.wall.as_secs_f64();
+            ratios[i].push(ratio);
+            println!(
+                "round {r} {:<11}: off {:>7.0} ev/s {:>5.1} cpu µs/ev, on {:>7.0} ev/s {:>5.1} cpu µs/ev, ratio {ratio:.3}",
+                names[i],
+                n as f64 / off.wall.as_secs_f64(),
+                off.cpu.as_micros() as f64 / n as f64,
+                n as f64 / on.wall.as_secs_f64(),
+                on.cpu.as_micros() as f64 / n as f64,
+            );
+        }
+    }
+    for i in 0..3 {
+        ratios[i].sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        let (off, on) = totals[i];
+        println!(
+            "{:<11}: off time / on time over all rounds {:.3} (median of rounds {:.3}); cpu off / on {:.3}",
+            names[i],
+            off.wall.as_secs_f64() / on.wall.as_secs_f64(),
+            ratios[i][ratios[i].len() / 2],
+            off.cpu.as_secs_f64() / on.cpu.as_secs_f64(),
+        );
+    }
+    // The "on" parts recorded: show that they did.
+    let handle = recorder.handle();
+    let text = handle.render();
+    let consumed = text
+        .lines()
+        .find(|l| l.starts_with("messaging_client_consumed_messages{"))
+        .unwrap_or("messaging_client_consumed_messages: none");
+    println!("recorded: {consumed}");
+    let _ = provider.shutdown();
+    println!("spans exported: {}", EXPORTED.load(Ordering::Relaxed));
+    off_bus.shutdown().await.expect("shutdown");
+    on_bus.shutdown().await.expect("shutdown");
+}
