@@ -168,20 +168,25 @@ impl Nats {
         result.map_err(|e| Error::new(ErrorKind::Incompatible, ctx).with_source(e))
     }
 
+    /// A consumer's info (`$JS.API.CONSUMER.INFO`).
+    async fn consumer_info(&self, stream: &str, name: &str) -> Result<consumer::Info, Error> {
+        let s = self.stream(stream).await?;
+        s.consumer_info(name).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Refused,
+                format!("cannot look up consumer `{name}` on `{stream}`"),
+            )
+            .with_source(e)
+        })
+    }
+
     /// Where a consumer stands: its ack floor, last delivered and unacknowledged counts.
     pub(crate) async fn consumer_position(
         &self,
         stream: &str,
         name: &str,
     ) -> Result<super::ConsumerPosition, Error> {
-        let s = self.stream(stream).await?;
-        let info = s.consumer_info(name).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Refused,
-                format!("cannot look up consumer `{name}` on `{stream}`"),
-            )
-            .with_source(e)
-        })?;
+        let info = self.consumer_info(stream, name).await?;
         Ok(super::ConsumerPosition {
             ack_floor: info.ack_floor.stream_sequence,
             delivered: info.delivered.stream_sequence,
@@ -274,14 +279,7 @@ impl Nats {
         stream: &str,
         name: &str,
     ) -> Result<super::ConsumerFigures, Error> {
-        let s = self.stream(stream).await?;
-        let info = s.consumer_info(name).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Refused,
-                format!("cannot look up consumer `{name}` on `{stream}`"),
-            )
-            .with_source(e)
-        })?;
+        let info = self.consumer_info(stream, name).await?;
         Ok(super::ConsumerFigures {
             pending: info.num_pending,
             ack_pending: info.num_ack_pending as u64,
