@@ -63,7 +63,8 @@ pub struct ReconnectConfig {
     /// Reconnect attempts in a row before the bus gives up and `run()` returns an error
     /// (default 60; `None` for never).
     pub max_reconnects: Option<usize>,
-    /// The wait between attempts (default 1 s, growing to 8 × this).
+    /// The wait between attempts (default 1 s, growing to 8 × this). The first attempt, a
+    /// start's connection or the first reconnect after a drop, does not wait.
     pub reconnect_wait: Duration,
     /// How long one connection attempt may take (default 5 s).
     pub connect_timeout: Duration,

@@ -489,3 +489,25 @@ async fn registered_handlers_decode_and_run() {
     };
     assert_eq!(err.kind(), ErrorKind::Decode);
 }
+
+// Events declared by a `macro_rules!` macro: its `$name:literal` fragments reach the derive
+// wrapped in invisible groups, which the derive sees through.
+macro_rules! declared_event {
+    ($ty:ident, $aggregate:literal, $name:literal, $version:literal) => {
+        #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+        #[event(aggregate = $aggregate, name = $name, version = $version)]
+        struct $ty {
+            #[event(aggregate_id)]
+            id: String,
+        }
+    };
+}
+
+declared_event!(MacroDeclared, "drv_macro", "declared", 2);
+
+#[test]
+fn an_event_declared_through_macro_rules_fragments_is_derived_as_written() {
+    let e = MacroDeclared { id: "m1".into() };
+    assert_eq!(e.subject().unwrap().as_str(), "drv_macro.m1.declared");
+    assert_eq!(<MacroDeclared as DomainEvent>::VERSION, 2);
+}

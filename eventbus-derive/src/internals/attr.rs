@@ -153,7 +153,16 @@ fn path_text(path: &syn::Path) -> String {
     path.to_token_stream().to_string().replace(' ', "")
 }
 
+/// `expr` without the invisible groups a `macro_rules!` fragment (`$name:literal`) wraps it in.
+fn ungroup(mut expr: &Expr) -> &Expr {
+    while let Expr::Group(g) = expr {
+        expr = &g.expr;
+    }
+    expr
+}
+
 fn lit_str(cx: &Ctxt, expr: &Expr, example: &str) -> Option<LitStr> {
+    let expr = ungroup(expr);
     match expr {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Str(s), ..
@@ -171,6 +180,7 @@ where
     N: std::str::FromStr + PartialOrd + From<u8>,
     N::Err: std::fmt::Display,
 {
+    let expr = ungroup(expr);
     match expr {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Int(i), ..
@@ -193,6 +203,7 @@ where
 }
 
 fn lit_bool(expr: &Expr) -> Option<bool> {
+    let expr = ungroup(expr);
     match expr {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Bool(b), ..
@@ -208,6 +219,7 @@ fn lit_choice<T: Copy>(
     key: Symbol,
     choices: &[(&str, T)],
 ) -> Option<(T, Span)> {
+    let expr = ungroup(expr);
     let list = || {
         choices
             .iter()
@@ -418,6 +430,7 @@ fn cloud_type_value(cx: &Ctxt, expr: &Expr) -> Option<(String, Span)> {
 
 /// The path of the upcaster function: `upcast = order_created_from`.
 fn function_path(cx: &Ctxt, expr: &Expr) -> Option<(syn::ExprPath, Span)> {
+    let expr = ungroup(expr);
     match expr {
         Expr::Path(p) if p.qself.is_none() => Some((p.clone(), p.span())),
         _ => {
@@ -650,6 +663,7 @@ fn subject_filter(cx: &Ctxt, expr: &Expr) -> Option<(LitStr, Span)> {
 }
 
 fn durable_value(cx: &Ctxt, expr: &Expr) -> Option<(Durable, Span)> {
+    let expr = ungroup(expr);
     if let Some(b) = lit_bool(expr) {
         return Some((Durable::Flag(b), expr.span()));
     }

@@ -38,6 +38,17 @@ pub(crate) fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     Some((major, minor, patch))
 }
 
+/// The pause before connection attempt `attempts` (from 1): none before the first, which is
+/// also the first connection of a start (the client counts both alike), then `wait`, 2 ×
+/// `wait`, ... up to 8 × `wait`.
+fn reconnect_delay(wait: Duration, attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = (attempts - 1).min(8) as u32;
+    wait.saturating_mul(factor).max(Duration::from_millis(10))
+}
+
 pub(crate) async fn connect(
     config: &Config,
     service: &str,
@@ -51,12 +62,7 @@ pub(crate) async fn connect(
         .max_reconnects(config.reconnect.max_reconnects)
         .retain_servers_order();
     let wait = config.reconnect.reconnect_wait;
-    opts = opts.reconnect_delay_callback(move |attempts| {
-        let factor = attempts.clamp(1, 8) as u32;
-        wait.saturating_mul(factor)
-            .min(wait.saturating_mul(8))
-            .max(Duration::from_millis(10))
-    });
+    opts = opts.reconnect_delay_callback(move |attempts| reconnect_delay(wait, attempts));
     let urls_for_log = urls.join(",");
     opts = opts.event_callback(move |event| {
         let state_tx = state_tx.clone();
@@ -156,6 +162,19 @@ pub(crate) async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_attempt_does_not_wait_and_later_ones_wait_longer_up_to_eight_times() {
+        let wait = Duration::from_secs(1);
+        assert_eq!(
+            reconnect_delay(wait, 1),
+            Duration::ZERO,
+            "a start connects at once"
+        );
+        assert_eq!(reconnect_delay(wait, 2), wait);
+        assert_eq!(reconnect_delay(wait, 3), wait * 2);
+        assert_eq!(reconnect_delay(wait, 50), wait * 8);
+    }
 
     #[test]
     fn versions() {

@@ -373,9 +373,9 @@ impl Nats {
     }
 
     /// Notices of the events `consumer` of `stream` gave up on (the server's max-deliveries
-    /// advisories), shared among the instances of the consumer (a queue group). Subscribed and
-    /// flushed before it returns: the server sends such an advisory only while someone pulls,
-    /// so a worker that subscribes before its first pull misses none meant for it.
+    /// advisories), shared among the instances of the consumer (a queue group). The server
+    /// sends such an advisory only while someone pulls, and it reads a connection's protocol in
+    /// order: a worker that subscribes before its first pull request misses none meant for it.
     pub(crate) async fn given_up(
         &self,
         stream: &str,
@@ -393,13 +393,6 @@ impl Nats {
                 )
                 .with_source(e)
             })?;
-        self.client.flush().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Connect,
-                format!("cannot subscribe to `{subject}`"),
-            )
-            .with_source(e)
-        })?;
         Ok(sub)
     }
 

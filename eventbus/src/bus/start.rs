@@ -71,16 +71,25 @@ impl Builder {
         let connected = Backend::connect(&config, &service).await?;
         let backend = connected.backend;
         let stream_names = provision::streams(&backend, &topology).await?;
-        let mut problems = Vec::new();
+        // The durable consumers, 16 requests at a time: a service with a hundred handlers
+        // starts in a few round trips' time, not a hundred.
+        let mut provisions = Vec::new();
         for c in topology.consumers.iter().filter(|c| c.durable) {
             let stream = stream_names
                 .get(&c.stream)
                 .cloned()
                 .unwrap_or_else(|| c.stream.clone());
-            if let Err(e) = provision::consumer(&backend, &stream, c).await {
+            let backend = &backend;
+            provisions.push(async move { provision::consumer(backend, &stream, c).await });
+        }
+        let mut problems = Vec::new();
+        let mut provisioned = futures::StreamExt::buffered(futures::stream::iter(provisions), 16);
+        while let Some(result) = futures::StreamExt::next(&mut provisioned).await {
+            if let Err(e) = result {
                 problems.push(chain(&e));
             }
         }
+        drop(provisioned);
         if !problems.is_empty() {
             return Err(Error::new(ErrorKind::Incompatible, problems.join("\n")));
         }
