@@ -895,6 +895,85 @@ async fn an_event_buffered_ahead_of_its_handler_is_not_redelivered_while_it_wait
 }
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "dsp_ahead", name = "stepped")]
+struct AheadStepped {
+    #[event(aggregate_id)]
+    id: String,
+    n: u32,
+}
+
+/// The event that takes 3 s, after enough quick ones that the worker pulls ahead.
+const AHEAD_SLOW: u32 = 300;
+static AHEAD: Mutex<Vec<(u32, u64)>> = Mutex::new(Vec::new());
+static AHEAD_SLOW_STARTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+#[event_handler(concurrency = 1, ack_wait = "1s")]
+async fn ahead_step(event: AheadStepped, ctx: EventContext) -> Result<(), HandlerError> {
+    if event.n == AHEAD_SLOW {
+        AHEAD_SLOW_STARTED.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    AHEAD.lock().unwrap().push((event.n, ctx.attempt()));
+    Ok(())
+}
+
+/// A worker pulls ahead of its one slot as far as its handler's measured pace allows; when an
+/// event then takes 3 s (against an ack wait of 1 s), the three events pulled behind it wait in
+/// the worker's queue, kept with in-progress acks. Its pull asks for more than the stream
+/// holds, so a request stays open all along, into which the server would deliver any of them
+/// again once its ack wait passed: none is, and each is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pulled_ahead_of_a_busy_slot_are_not_redelivered_while_they_wait() {
+    const N: u32 = AHEAD_SLOW + 4;
+    let server = NatsServer::start().await;
+    let probe = Probe::new(&server).await;
+    let publisher = eventbus_tests::publisher(&server.url(), "dsp").await;
+    let events: Vec<AheadStepped> = (0..N)
+        .map(|n| AheadStepped {
+            id: format!("a{}", n % 7),
+            n,
+        })
+        .collect();
+    for r in publisher.publish_all(&events).await {
+        r.unwrap();
+    }
+    let bus = start_bus(&server, "dsp", "ahead_step").await;
+    wait_until(TIMEOUT, "the slow event is in hand", || async {
+        AHEAD_SLOW_STARTED.load(Ordering::SeqCst)
+    })
+    .await;
+    // Events pulled behind the slow one wait unacknowledged in the worker's queue.
+    let waiting = probe
+        .consumer("DSP_AHEAD", "dsp-ahead_step")
+        .await
+        .num_ack_pending;
+    wait_until(TIMEOUT, "every event is handled", || async {
+        AHEAD.lock().unwrap().len() >= N as usize
+    })
+    .await;
+    let info = probe.settled(TIMEOUT, "DSP_AHEAD", "dsp-ahead_step").await;
+    assert_eq!(
+        waiting, 4,
+        "the slow event in hand and the three behind it pulled ahead, unacknowledged"
+    );
+    let mut handled = AHEAD.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(
+        handled,
+        (0..N).map(|n| (n, 1)).collect::<Vec<_>>(),
+        "each event once, at its first delivery"
+    );
+    assert_eq!(
+        (info.delivered.consumer_sequence, info.num_redelivered),
+        (u64::from(N), 0),
+        "no event was delivered again while it waited: {info:?}"
+    );
+    bus.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
 #[event(aggregate = "dsp_ordfail", name = "stepped")]
 struct OrdFailStepped {
     #[event(aggregate_id)]
