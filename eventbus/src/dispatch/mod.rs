@@ -225,7 +225,8 @@ pub(crate) async fn run(
                     }
                 }
             }
-            _ = keep_tick.tick() => {
+            // Only while there is something to measure or keep: an idle worker is not woken.
+            _ = keep_tick.tick(), if !queue.is_empty() || !tasks.is_empty() || ahead.busy() => {
                 ahead.measure();
                 // Queued events still waiting are kept, so the server does not deliver them
                 // again meanwhile.
@@ -299,7 +300,13 @@ impl Ahead {
         self.finished += 1;
     }
 
-    /// Updates the rate from what finished since the last call.
+    /// Whether events finished since the last measure.
+    fn busy(&self) -> bool {
+        self.finished > 0
+    }
+
+    /// Updates the rate from what finished since the last call (made while busy, so a pause
+    /// between bursts counts as a slow window once).
     fn measure(&mut self) {
         let elapsed = self.since.elapsed().as_secs_f64();
         if elapsed <= 0.0 {

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::settle::header_id;
 use super::{Settled, Settlement, Worker};
 use crate::backend::{GaveUp, GivenUp};
 use crate::dlq::{self, DeadReason};
-use crate::envelope::headers;
 use crate::error::chain;
 
-/// How many times storing one rescued dead letter is tried, a second apart.
+/// How many times rescuing one event is tried, a second apart.
 const ATTEMPTS: u32 = 30;
 
 /// Dead-letters every event the worker's consumer gives up on, until `stop` turns true.
@@ -43,73 +43,85 @@ pub(super) async fn run(
     }
 }
 
+/// Why one try at rescuing an event failed.
+enum Failed {
+    /// The event is no longer in its stream: nothing to dead-letter.
+    Gone(crate::Error),
+    /// Fetching or storing failed for now (no connection, no answer): try again.
+    Again(crate::Error),
+}
+
 async fn rescue(w: &Worker, gave_up: GaveUp) {
-    let GaveUp {
-        sequence,
-        deliveries,
-    } = gave_up;
-    let backend = w.publisher.backend();
+    let sequence = gave_up.sequence;
     for attempt in 1..=ATTEMPTS {
-        let outcome = async {
-            let (stored, unreadable) = backend.get_as_data(&w.stream, sequence).await?;
-            let error = if unreadable.is_empty() {
-                format!(
-                    "the server gave up after {deliveries} deliveries, none of them settled (not received, or not finished within the ack wait)"
-                )
-            } else {
-                format!(
-                    "the server gave up after {deliveries} deliveries, none of them settled: the client cannot receive the event, as these header lines are not valid headers (dropped from the dead letter): {}",
-                    unreadable.join(" | ")
-                )
-            };
-            let given = dlq::Given {
-                subject: &stored.subject,
-                headers: &stored.headers,
-                payload: &stored.payload,
-                stream: &w.stream,
-                sequence,
-                consumer: &w.consumer_name,
-                deliveries,
-                reason: DeadReason::Undeliverable,
-                error: &error,
-            };
-            dlq::store(&w.publisher, &given).await?;
-            Ok::<_, crate::Error>((stored, error))
-        }
-        .await;
-        match outcome {
-            Ok((stored, error)) => {
-                w.metrics.dead_letter(DeadReason::Undeliverable.as_str());
-                tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, stream = %w.stream, sequence, %error, "dead-lettered an event the server gave up on");
-                if let Some(o) = &w.observer {
-                    let id = stored
-                        .headers
-                        .get(headers::ID)
-                        .or_else(|| stored.headers.get(headers::MSG_ID))
-                        .map(|v| v.as_str());
-                    o.settled(Settled {
-                        handler: &w.plan.handler,
-                        subject: &stored.subject,
-                        event_id: id,
-                        sequence,
-                        attempt: deliveries,
-                        settlement: Settlement::DeadLettered {
-                            reason: DeadReason::Undeliverable.as_str(),
-                            error,
-                        },
-                    });
-                }
-                return;
-            }
-            Err(e) if e.kind() == crate::ErrorKind::NotFound && attempt > 1 => {
+        match try_rescue(w, gave_up).await {
+            Ok(()) => return,
+            Err(Failed::Gone(e)) => {
                 tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, stream = %w.stream, sequence, error = %chain(&e), "the server gave up on an event that is no longer in its stream");
                 return;
             }
-            Err(e) => {
+            Err(Failed::Again(e)) => {
                 tracing::warn!(target: "eventbus::dispatch", consumer = %w.consumer_name, stream = %w.stream, sequence, attempt, error = %chain(&e), "cannot dead-letter an event the server gave up on yet; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
     tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, stream = %w.stream, sequence, "gave up dead-lettering an event the server gave up on; it stays in its stream");
+}
+
+/// Fetches the event as data, dead-letters it, and tells the metrics and the observer.
+async fn try_rescue(w: &Worker, gave_up: GaveUp) -> Result<(), Failed> {
+    let GaveUp {
+        sequence,
+        deliveries,
+    } = gave_up;
+    let (stored, unreadable) = w
+        .publisher
+        .backend()
+        .get_as_data(&w.stream, sequence)
+        .await
+        .map_err(|e| match e.kind() {
+            crate::ErrorKind::NotFound => Failed::Gone(e),
+            _ => Failed::Again(e),
+        })?;
+    let error = if unreadable.is_empty() {
+        format!(
+            "the server gave up after {deliveries} deliveries, none of them settled (not received, or not finished within the ack wait)"
+        )
+    } else {
+        format!(
+            "the server gave up after {deliveries} deliveries, none of them settled: the client cannot receive the event, as these header lines are not valid headers (dropped from the dead letter): {}",
+            unreadable.join(" | ")
+        )
+    };
+    let given = dlq::Given {
+        subject: &stored.subject,
+        headers: &stored.headers,
+        payload: &stored.payload,
+        stream: &w.stream,
+        sequence,
+        consumer: &w.consumer_name,
+        deliveries,
+        reason: DeadReason::Undeliverable,
+        error: &error,
+    };
+    dlq::store(&w.publisher, &given)
+        .await
+        .map_err(Failed::Again)?;
+    w.metrics.dead_letter(DeadReason::Undeliverable.as_str());
+    tracing::error!(target: "eventbus::dispatch", consumer = %w.consumer_name, stream = %w.stream, sequence, %error, "dead-lettered an event the server gave up on");
+    if let Some(o) = &w.observer {
+        o.settled(Settled {
+            handler: &w.plan.handler,
+            subject: &stored.subject,
+            event_id: header_id(&stored.headers),
+            sequence,
+            attempt: deliveries,
+            settlement: Settlement::DeadLettered {
+                reason: DeadReason::Undeliverable.as_str(),
+                error,
+            },
+        });
+    }
+    Ok(())
 }

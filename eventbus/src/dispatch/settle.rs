@@ -30,8 +30,8 @@ enum Outcome {
 }
 
 /// The id a message carries in its headers (`ce-id` in any case, else `Nats-Msg-Id`), for a
-/// message whose metadata could not be read.
-fn header_id(headers: &HeaderMap) -> Option<&str> {
+/// message whose metadata could not be read (and one the safety net fetched, `rescue.rs`).
+pub(super) fn header_id(headers: &HeaderMap) -> Option<&str> {
     let find = |name: &str| {
         headers
             .iter()
