@@ -43,6 +43,25 @@ impl NatsCluster {
         self.servers.iter().map(NatsServer::url).collect()
     }
 
+    /// Every member's client URL but member `index`'s: where to connect while it is down.
+    pub fn urls_except(&self, index: usize) -> Vec<String> {
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, s)| s.url())
+            .collect()
+    }
+
+    /// The index of the member named `name` (as a stream's leader is reported); panics if
+    /// none is.
+    pub fn index_of(&self, name: &str) -> usize {
+        self.servers
+            .iter()
+            .position(|s| s.name() == name)
+            .unwrap_or_else(|| panic!("{name} is not a member of the cluster"))
+    }
+
     /// The members, `n1` first.
     pub fn servers(&self) -> &[NatsServer] {
         &self.servers

@@ -27,6 +27,7 @@
 mod asyncapi;
 mod bus;
 mod cluster;
+mod countdown;
 mod monitor;
 mod probe;
 mod retries;
@@ -36,6 +37,7 @@ mod wait;
 pub use asyncapi::{validate_asyncapi, ASYNCAPI_ENV};
 pub use bus::publisher;
 pub use cluster::NatsCluster;
+pub use countdown::Countdown;
 pub use probe::Probe;
 pub use retries::Retries;
 pub use server::{

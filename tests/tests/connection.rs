@@ -490,19 +490,9 @@ async fn a_stream_with_three_replicas_on_a_cluster_survives_its_leader() {
     })
     .await;
 
-    let leader_index = cluster
-        .servers()
-        .iter()
-        .position(|s| s.name() == leader)
-        .unwrap_or_else(|| panic!("the leader {leader} is a member"));
+    let leader_index = cluster.index_of(&leader);
     cluster.stop(leader_index);
-    let survivors: Vec<String> = cluster
-        .servers()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != leader_index)
-        .map(|(_, s)| s.url())
-        .collect();
+    let survivors = cluster.urls_except(leader_index);
     let js = jetstream::new(async_nats::connect(survivors).await.unwrap());
     wait_until(TIMEOUT, "CN_REPLICA elects another leader", || async {
         stream_leader(&js, "CN_REPLICA")
@@ -580,11 +570,7 @@ async fn a_publish_to_a_stream_whose_server_is_away_is_stored_once_it_is_back() 
         info.cluster.clone()?.leader.filter(|l| !l.is_empty())
     })
     .await;
-    let index = cluster
-        .servers()
-        .iter()
-        .position(|s| s.name() == node)
-        .unwrap_or_else(|| panic!("{node} is a member"));
+    let index = cluster.index_of(&node);
     cluster.stop(index);
 
     let retries = Retries::default();
@@ -678,18 +664,8 @@ async fn publishing_through_a_stream_leader_election_stores_every_event_once() {
         stream_leader(&js, "CN_ELECT")
     })
     .await;
-    let leader_index = cluster
-        .servers()
-        .iter()
-        .position(|s| s.name() == leader)
-        .unwrap_or_else(|| panic!("the leader {leader} is a member"));
-    let survivors: Vec<String> = cluster
-        .servers()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != leader_index)
-        .map(|(_, s)| s.url())
-        .collect();
+    let leader_index = cluster.index_of(&leader);
+    let survivors = cluster.urls_except(leader_index);
 
     let events: Vec<ElectNoted> = (0..N)
         .map(|n| ElectNoted {

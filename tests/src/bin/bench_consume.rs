@@ -20,15 +20,13 @@
 //! It prints, per cell, the rates of `tick` events handled and the ratio eventbus / the faster
 //! raw consumer (1.0: as fast as raw; the target is 0.9 or more).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use eventbus::prelude::*;
 use eventbus::ConsumerOptions;
-use eventbus_tests::NatsServer;
+use eventbus_tests::{Countdown, NatsServer};
 use futures::StreamExt;
-use tokio::sync::Notify;
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
 #[event(aggregate = "bench", name = "tick")]
@@ -57,16 +55,12 @@ struct Tack {
     note: String,
 }
 
-static HANDLED: AtomicUsize = AtomicUsize::new(0);
-static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
-static DONE: Notify = Notify::const_new();
+static HANDLED: Countdown = Countdown::new();
 
 #[event_handler]
 async fn bench_tick(event: Tick) -> Result<(), HandlerError> {
     std::hint::black_box(&event);
-    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
-        DONE.notify_one();
-    }
+    HANDLED.tick();
     Ok(())
 }
 
@@ -117,8 +111,7 @@ async fn raw_round(js: &jetstream::Context, name: &str, filter: &str, total: usi
 
 /// A default eventbus handler's rate of `tick` events.
 async fn eventbus_round(url: &str, name: &str, ticks: usize) -> f64 {
-    HANDLED.store(0, Ordering::SeqCst);
-    TARGET.store(ticks, Ordering::SeqCst);
+    HANDLED.arm(ticks);
     let concurrency = std::env::var("BENCH_CONCURRENCY")
         .ok()
         .map(|c| c.parse().expect("BENCH_CONCURRENCY"));
@@ -140,7 +133,7 @@ async fn eventbus_round(url: &str, name: &str, ticks: usize) -> f64 {
         .expect("bus");
     // From the moment it runs, as the raw rounds are timed from their consumer's creation.
     let started = Instant::now();
-    DONE.notified().await;
+    HANDLED.done().await;
     let rate = ticks as f64 / started.elapsed().as_secs_f64();
     bus.shutdown().await.expect("shutdown");
     rate

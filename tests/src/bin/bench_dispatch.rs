@@ -10,15 +10,13 @@
 //! each on a fresh durable consumer reading the whole backlog. It prints each round's times and
 //! the ratio raw time / eventbus time (1.0: as fast as raw; the target is 0.9 or more).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use eventbus::prelude::*;
 use eventbus::ConsumerOptions;
-use eventbus_tests::NatsServer;
+use eventbus_tests::{Countdown, NatsServer};
 use futures::StreamExt;
-use tokio::sync::Notify;
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
 #[event(aggregate = "bench", name = "tick")]
@@ -29,16 +27,12 @@ struct Tick {
     note: String,
 }
 
-static HANDLED: AtomicUsize = AtomicUsize::new(0);
-static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
-static DONE: Notify = Notify::const_new();
+static HANDLED: Countdown = Countdown::new();
 
 #[event_handler]
 async fn bench_tick(event: Tick) -> Result<(), HandlerError> {
     std::hint::black_box(&event);
-    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
-        DONE.notify_one();
-    }
+    HANDLED.tick();
     Ok(())
 }
 
@@ -81,8 +75,7 @@ async fn raw_round(js: &jetstream::Context, name: &str, n: usize) -> Duration {
 }
 
 async fn eventbus_round(url: &str, name: &str, n: usize, concurrency: usize) -> Duration {
-    HANDLED.store(0, Ordering::SeqCst);
-    TARGET.store(n, Ordering::SeqCst);
+    HANDLED.arm(n);
     let started = Instant::now();
     let bus = eventbus::builder()
         .no_env()
@@ -100,7 +93,7 @@ async fn eventbus_round(url: &str, name: &str, n: usize, concurrency: usize) -> 
         .start()
         .await
         .expect("bus");
-    DONE.notified().await;
+    HANDLED.done().await;
     let elapsed = started.elapsed();
     bus.shutdown().await.expect("shutdown");
     elapsed

@@ -31,10 +31,9 @@ use std::time::{Duration, Instant};
 
 use eventbus::prelude::*;
 use eventbus::{Bus, ConsumerOptions};
-use eventbus_tests::NatsServer;
+use eventbus_tests::{Countdown, NatsServer};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use opentelemetry::trace::TracerProvider as _;
-use tokio::sync::Notify;
 use tracing_subscriber::layer::SubscriberExt;
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
@@ -81,16 +80,12 @@ struct Took {
     cpu: Duration,
 }
 
-static HANDLED: AtomicUsize = AtomicUsize::new(0);
-static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
-static DONE: Notify = Notify::const_new();
+static HANDLED: Countdown = Countdown::new();
 
 #[event_handler]
 async fn bench_obs_tick(event: Tick) -> Result<(), HandlerError> {
     std::hint::black_box(&event);
-    if HANDLED.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
-        DONE.notify_one();
-    }
+    HANDLED.tick();
     Ok(())
 }
 
@@ -121,8 +116,7 @@ async fn awaited(bus: &Bus, events: &[Tick]) -> Duration {
 }
 
 async fn consume(url: &str, durable: &str, n: usize) -> Duration {
-    HANDLED.store(0, Ordering::SeqCst);
-    TARGET.store(n, Ordering::SeqCst);
+    HANDLED.arm(n);
     let started = Instant::now();
     let bus = eventbus::builder()
         .no_env()
@@ -140,7 +134,7 @@ async fn consume(url: &str, durable: &str, n: usize) -> Duration {
         .start()
         .await
         .expect("bus");
-    DONE.notified().await;
+    HANDLED.done().await;
     let elapsed = started.elapsed();
     bus.shutdown().await.expect("shutdown");
     elapsed
