@@ -35,7 +35,7 @@ mod server;
 mod wait;
 
 pub use asyncapi::{validate_asyncapi, ASYNCAPI_ENV};
-pub use bus::publisher;
+pub use bus::{publisher, store_backlog};
 pub use cluster::NatsCluster;
 pub use countdown::Countdown;
 pub use probe::Probe;

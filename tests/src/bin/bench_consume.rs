@@ -142,40 +142,22 @@ async fn eventbus_round(url: &str, name: &str, ticks: usize) -> f64 {
 /// Stores the cell's backlog; returns how many events and how many of them are `tick`s.
 async fn backlog(js: &jetstream::Context, ids: usize, per: usize, types: usize) -> (usize, usize) {
     let total = ids * per;
-    let mut pending = Vec::with_capacity(1000);
-    let mut ticks = 0;
     let note = "x".repeat(64);
     let options = eventbus::__private::EncodeOptions {
         source: "bench",
         ..Default::default()
     };
-    for i in 0..total {
-        let (id, n) = (format!("a{}", i % ids), i as u64);
-        let note = note.clone();
-        let enc = match i % types {
-            0 => {
-                ticks += 1;
-                eventbus::__private::encode(&Tick { id, n, note }, &options)
-            }
+    let encoded = (0..total).map(|i| {
+        let (id, n, note) = (format!("a{}", i % ids), i as u64, note.clone());
+        match i % types {
+            0 => eventbus::__private::encode(&Tick { id, n, note }, &options),
             1 => eventbus::__private::encode(&Tock { id, n, note }, &options),
             _ => eventbus::__private::encode(&Tack { id, n, note }, &options),
         }
-        .expect("encode");
-        pending.push(
-            js.publish_with_headers(enc.subject.into_string(), enc.headers, enc.payload)
-                .await
-                .expect("publish"),
-        );
-        if pending.len() == 1000 {
-            for p in pending.drain(..) {
-                p.await.expect("ack");
-            }
-        }
-    }
-    for p in pending.drain(..) {
-        p.await.expect("ack");
-    }
-    (total, ticks)
+        .expect("encode")
+    });
+    eventbus_tests::store_backlog(js, encoded).await;
+    (total, total.div_ceil(types))
 }
 
 async fn run_on(binary: Option<String>, max_events: usize) {

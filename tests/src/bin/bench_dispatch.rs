@@ -129,35 +129,19 @@ async fn main() {
     // Provision through eventbus, then publish the backlog pipelined, with eventbus's headers.
     let publisher = eventbus_tests::publisher(&url, "bench").await;
     let js = publisher.jetstream().expect("a NATS bus").clone();
-    let mut pending = Vec::with_capacity(1000);
-    for i in 0..n {
+    let options = eventbus::__private::EncodeOptions {
+        source: "bench",
+        ..Default::default()
+    };
+    let encoded = (0..n).map(|i| {
         let e = Tick {
             id: format!("a{}", i % 1000),
             n: i as u64,
             note: "x".repeat(64),
         };
-        let enc = eventbus::__private::encode(
-            &e,
-            &eventbus::__private::EncodeOptions {
-                source: "bench",
-                ..Default::default()
-            },
-        )
-        .expect("encode");
-        pending.push(
-            js.publish_with_headers(enc.subject.into_string(), enc.headers, enc.payload)
-                .await
-                .expect("publish"),
-        );
-        if pending.len() == 1000 {
-            for p in pending.drain(..) {
-                p.await.expect("ack");
-            }
-        }
-    }
-    for p in pending.drain(..) {
-        p.await.expect("ack");
-    }
+        eventbus::__private::encode(&e, &options).expect("encode")
+    });
+    eventbus_tests::store_backlog(&js, encoded).await;
     println!(
         "backlog: {n} events on nats-server {}",
         publisher.server_version().expect("a NATS bus").0
