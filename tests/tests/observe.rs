@@ -852,3 +852,111 @@ async fn metrics_are_scraped_over_http_in_process() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stalled consumer, on nats-server
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "obs_stall", name = "noted")]
+struct NotedWhileStalled {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+static STALL_HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[event_handler]
+async fn obs_stall(_event: NotedWhileStalled) -> Result<(), HandlerError> {
+    STALL_HANDLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// Pauses (`until` some time) or resumes (`None`) a consumer: `$JS.API.CONSUMER.PAUSE`,
+/// nats-server 2.11 and later. The server then holds the consumer's events and delivers
+/// nothing, though its pull requests stay open: a consumer stalled at the server, as after a
+/// lost pull or a leader change that left it behind.
+async fn pause(client: &async_nats::Client, stream: &str, consumer: &str, until: Option<&str>) {
+    let body = match until {
+        Some(t) => serde_json::json!({ "pause_until": t }),
+        None => serde_json::json!({}),
+    };
+    let subject = format!("$JS.API.CONSUMER.PAUSE.{stream}.{consumer}");
+    let reply = client
+        .request(subject.clone(), body.to_string().into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert_eq!(reply["paused"], until.is_some(), "{subject}: {reply}");
+}
+
+#[tokio::test]
+async fn a_consumer_that_receives_nothing_while_events_wait_is_found_stalled_and_pulled_anew() {
+    let server = NatsServer::start().await;
+    let client = server.connect().await;
+    let bus = eventbus::builder()
+        .no_env()
+        .url(server.url())
+        .service("obs-stall")
+        .only_handlers(["obs_stall"])
+        .stats_interval(Duration::from_millis(500))
+        .http("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let addr = bus.http_addr().expect("the endpoint's address");
+    let (stream, consumer) = ("OBS_STALL", "obs-stall-obs_stall");
+    pause(&client, stream, consumer, Some("2099-01-01T00:00:00Z")).await;
+
+    let events: Vec<_> = (0..5)
+        .map(|i| NotedWhileStalled {
+            id: format!("s{i}"),
+        })
+        .collect();
+    for r in bus.publish_all(&events).await {
+        r.unwrap();
+    }
+    // Pending at the server, none in hand, nothing received: after two looks and the
+    // pull's own silence detection (12 s), counted and pulled anew.
+    let stats = wait_for(
+        Duration::from_secs(40),
+        "the consumer found stalled",
+        || {
+            let bus = bus.clone();
+            async move {
+                let stats = bus.stats().await.ok()?;
+                let h = stats.handler("obs_stall")?;
+                (h.stalls >= 1).then_some(stats)
+            }
+        },
+    )
+    .await;
+    let h = stats.handler("obs_stall").unwrap();
+    assert_eq!((h.pending, h.ack_pending, h.acked), (5, 0, 0), "{h:?}");
+    assert_eq!(STALL_HANDLED.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let (status, text) = get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let stalls = value(
+        &text,
+        "eventbus.consumer.stalls",
+        &[("handler", "obs_stall"), ("stream", stream)],
+    );
+    assert!(stalls.is_some_and(|n| n >= 1.0), "{text}");
+
+    // The worker pulled anew and still pulls: once the server delivers again, every event is
+    // handled.
+    pause(&client, stream, consumer, None).await;
+    wait_for(TIMEOUT, "every event handled after the stall", || {
+        let bus = bus.clone();
+        async move {
+            let stats = bus.stats().await.ok()?;
+            let h = stats.handler("obs_stall")?;
+            (STALL_HANDLED.load(std::sync::atomic::Ordering::SeqCst) == 5
+                && h.acked == 5
+                && h.pending == 0)
+                .then_some(())
+        }
+    })
+    .await;
+    bus.shutdown().await.unwrap();
+}
