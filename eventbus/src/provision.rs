@@ -208,23 +208,146 @@ pub(crate) fn deliver_policy(d: &DeliverPolicy) -> consumer::DeliverPolicy {
     }
 }
 
-/// The server-side configuration of a handler's consumer, on `stream_name`.
+/// How many of a stream's messages [`stream_shape`] looks at.
+const SAMPLE: u64 = 64;
+/// From how many subjects in a stream a wildcard filter reads about as fast as none.
+const MANY_SUBJECTS: u64 = 20_000;
+
+/// What decides whether a filter on the server pays: how many subjects a stream holds, and
+/// the subjects of a sample of its messages, spread evenly over it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamShape {
+    pub(crate) subjects: u64,
+    pub(crate) sample: Vec<String>,
+}
+
+/// Looks at `stream`'s shape: its figures, and up to [`SAMPLE`] of its messages (by
+/// sequence, evenly spaced; deleted ones are left out).
+pub(crate) async fn stream_shape(backend: &Backend, stream: &str) -> Result<StreamShape, Error> {
+    let f = backend.stream_figures(stream).await?;
+    let n = SAMPLE.min(f.messages);
+    let span = f.last_sequence.saturating_sub(f.first_sequence) + 1;
+    let mut seqs: Vec<u64> = (0..n).map(|i| f.first_sequence + span * i / n).collect();
+    seqs.dedup();
+    let gets = seqs.into_iter().map(|seq| async move {
+        match backend.get(stream, seq).await {
+            Ok(m) => Ok(Some(m.subject)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    });
+    let mut sample = Vec::new();
+    let mut got = futures::StreamExt::buffered(futures::stream::iter(gets), 16);
+    while let Some(subject) = futures::StreamExt::next(&mut got).await {
+        sample.extend(subject?);
+    }
+    Ok(StreamShape {
+        subjects: f.subjects,
+        sample,
+    })
+}
+
+/// Whether the filter of a handler's consumer changes with its stream (see
+/// [`filtered_on_server`]): on the aggregate's own stream, for a handler that does not take
+/// every event type of its aggregate and is not ordered.
+pub(crate) fn adapts(plan: &ConsumerPlan, stream_name: &str) -> bool {
+    stream_name == plan.stream && !plan.takes_every_event && !plan.ordered
+}
+
+/// Whether a handler's consumer on `stream_name` has the handler's filters on the server;
+/// if not, it reads the whole stream, and dispatch acks and skips the events its handler does
+/// not take. `shape`: the stream's, if known.
 ///
-/// On the aggregate's own stream (`stream_name` is the plan's), the consumer has no filter:
-/// it reads the whole stream, and dispatch acks and skips the events its handler does not take
-/// (see `ConsumerPlan::filters` for why). On a stream eventbus adopted because it already
-/// covered the aggregate's subjects (it may hold much else), the handler's filters are the
-/// consumer's.
+/// - On a stream eventbus adopted because it already covered the aggregate's subjects (it may
+///   hold much else): filtered.
+/// - A handler that takes every event type of its aggregate: not filtered; reading a whole
+///   stream is the server's fast path. An ordered handler: not filtered (its gate reads the
+///   consumer's positions as those of the whole stream).
+/// - The others: filtered when the share of the stream the handler takes (in the sample) is
+///   smaller than how fast, relative to reading everything, a filter reads such a stream.
+///   nats-server finds the next message for a wildcard filter (`order.*.created`) by walking
+///   the block's subjects that match it, once per message, unless the block has more subjects
+///   than a quarter of its messages (`filestore.go`, `firstMatching`). So a filter reads
+///   nearly as fast as none over very many subjects (20,000 and more), fairly fast over few
+///   matching ones, and 5 to 10 times slower over thousands. The figures are measured with
+///   `bench_consume` (`BENCH_IDS`, one and three event types; README). With no events yet,
+///   not filtered. The statistics task looks again every `stats_interval` as the stream grows
+///   (`stats.rs`, `refilter`).
+pub(crate) fn filtered_on_server(
+    plan: &ConsumerPlan,
+    stream_name: &str,
+    shape: Option<&StreamShape>,
+    version: (u64, u64, u64),
+) -> bool {
+    if stream_name != plan.stream {
+        return true;
+    }
+    if !adapts(plan, stream_name) {
+        return false;
+    }
+    let Some(shape) = shape.filter(|s| !s.sample.is_empty()) else {
+        return false;
+    };
+    let taken = shape
+        .sample
+        .iter()
+        .filter(|s| plan.filters.iter().any(|f| filter_covers(f, s)))
+        .count();
+    let share = taken as f64 / shape.sample.len() as f64;
+    // The subjects the filter matches, estimated.
+    let matching = (shape.subjects as f64 * share).ceil() as u64;
+    // A filtered read's speed, relative to an unfiltered one's.
+    let speed = if shape.subjects >= MANY_SUBJECTS {
+        0.85
+    } else if version >= (2, 11, 0) {
+        match matching {
+            0..=100 => 0.7,
+            101..=300 => 0.45,
+            301..=1_000 => 0.2,
+            _ => 0.1,
+        }
+    } else {
+        match matching {
+            0..=50 => 0.7,
+            51..=300 => 0.3,
+            _ => 0.08,
+        }
+    };
+    share < speed
+}
+
+/// Puts the handler's filters on its consumer `name`, or takes them off (`filtered`), keeping
+/// the rest of its configuration and its position.
+pub(crate) async fn refilter(
+    backend: &Backend,
+    stream_name: &str,
+    name: &str,
+    plan: &ConsumerPlan,
+    filtered: bool,
+) -> Result<(), Error> {
+    let want = consumer_config(plan, name, filtered);
+    let Some(mut have) = backend.consumer_config(stream_name, name).await? else {
+        return Ok(());
+    };
+    if have.filter_subject == want.filter_subject && have.filter_subjects == want.filter_subjects {
+        return Ok(());
+    }
+    have.filter_subject = want.filter_subject;
+    have.filter_subjects = want.filter_subjects;
+    backend.put_consumer(stream_name, have, true).await
+}
+
+/// The server-side configuration of a handler's consumer, with the handler's filters on the
+/// server or none (`filtered`, see [`filtered_on_server`]).
 ///
 /// The server's `max_deliver` is one more than the plan's: the dispatcher dead-letters after
 /// the last allowed delivery fails, and the extra delivery only happens if the process died
 /// during the last one, so that event is dead-lettered too instead of silently dropped.
 pub(crate) fn consumer_config(
     plan: &ConsumerPlan,
-    stream_name: &str,
     name: &str,
+    filtered: bool,
 ) -> consumer::pull::Config {
-    let filtered = stream_name != plan.stream;
     consumer::pull::Config {
         durable_name: plan.durable.then(|| name.to_owned()),
         name: Some(name.to_owned()),
@@ -267,8 +390,9 @@ pub(crate) async fn consumer(
     backend: &Backend,
     stream_name: &str,
     plan: &ConsumerPlan,
+    filtered: bool,
 ) -> Result<(), Error> {
-    let want = consumer_config(plan, stream_name, &plan.name);
+    let want = consumer_config(plan, &plan.name, filtered);
     let have = backend.consumer_config(stream_name, &plan.name).await?;
     let Some(have) = have else {
         backend

@@ -5,6 +5,7 @@
 //! `stats_interval` and by each scrape of `/metrics`. Also here: the task that records the
 //! connection's state, and the detection of stalled consumers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use tokio::sync::{watch, Notify};
 use crate::backend::{Backend, ConnectionState};
 use crate::error::Error;
 use crate::observe::metrics::{self, HandlerMetrics};
+use crate::provision;
+use crate::topology::ConsumerPlan;
 
 /// What a bus's streams and handlers' consumers hold now (see `Bus::stats`).
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +55,9 @@ pub struct StreamStats {
     pub last_sequence: u64,
     /// Its consumers.
     pub consumers: usize,
+    /// The distinct subjects holding messages (on an aggregate's stream, about the number of
+    /// aggregate ids times the event types each has).
+    pub subjects: u64,
 }
 
 /// One handler's consumer, as the server reports it, and what this process acknowledged.
@@ -94,6 +100,9 @@ pub(crate) struct Watched {
     last: Mutex<(Instant, u64)>,
     /// What the previous look at its progress found.
     progress: Mutex<Option<Progress>>,
+    /// For a consumer whose filter follows its stream's subjects
+    /// (`provision::filtered_on_server`): its plan, and whether it is filtered now.
+    refilter: Option<(ConsumerPlan, AtomicBool)>,
 }
 
 /// A handler's progress as last seen, to tell a stalled consumer.
@@ -128,7 +137,15 @@ impl Watched {
             repull,
             last: Mutex::new((Instant::now(), 0)),
             progress: Mutex::new(None),
+            refilter: None,
         }
+    }
+
+    /// Makes the periodic look put the handler's filters on its consumer or take them off as
+    /// its stream's subjects grow; `filtered`: how it was made.
+    pub(crate) fn refiltered(mut self, plan: ConsumerPlan, filtered: bool) -> Watched {
+        self.refilter = Some((plan, AtomicBool::new(filtered)));
+        self
     }
 }
 
@@ -203,6 +220,7 @@ impl Sources {
             first_sequence: f.first_sequence,
             last_sequence: f.last_sequence,
             consumers: f.consumers,
+            subjects: f.subjects,
         })
     }
 
@@ -236,8 +254,46 @@ impl Sources {
     }
 }
 
-/// Refreshes the statistics every `every` (their gauges, and the look for stalled
-/// consumers) until `stop` turns true.
+impl Sources {
+    /// Puts handlers' filters on their consumers or takes them off, as their streams' subjects
+    /// now ask (see `provision::filtered_on_server`). The consumer keeps its position; the
+    /// worker skips what it does not take either way.
+    pub(crate) async fn refilter(&self) {
+        let version = self.backend.server_version();
+        let mut shapes = std::collections::HashMap::new();
+        for w in &self.handlers {
+            let Some((plan, now)) = &w.refilter else {
+                continue;
+            };
+            if !shapes.contains_key(&w.stream) {
+                match provision::stream_shape(&self.backend, &w.stream).await {
+                    Ok(shape) => shapes.insert(w.stream.clone(), shape),
+                    Err(e) => {
+                        tracing::debug!(target: "eventbus", stream = %w.stream, error = %e, "cannot look at the stream's shape");
+                        continue;
+                    }
+                };
+            }
+            let shape = &shapes[&w.stream];
+            let want = provision::filtered_on_server(plan, &w.stream, Some(shape), version);
+            if want == now.load(Ordering::Relaxed) {
+                continue;
+            }
+            match provision::refilter(&self.backend, &w.stream, &w.consumer, plan, want).await {
+                Ok(()) => {
+                    now.store(want, Ordering::Relaxed);
+                    tracing::info!(target: "eventbus::dispatch", handler = %w.handler, consumer = %w.consumer, subjects = shape.subjects, filtered = want, "the stream's shape changed how the consumer reads it best");
+                }
+                Err(e) => {
+                    tracing::warn!(target: "eventbus::dispatch", handler = %w.handler, consumer = %w.consumer, error = %e, "cannot change the consumer's filter")
+                }
+            }
+        }
+    }
+}
+
+/// Refreshes the statistics every `every` (their gauges, the look for stalled consumers, and
+/// the choice of consumer filters) until `stop` turns true.
 pub(crate) async fn poll(sources: Arc<Sources>, every: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -248,7 +304,10 @@ pub(crate) async fn poll(sources: Arc<Sources>, every: Duration, mut stop: watch
             return;
         }
         match sources.gather().await {
-            Ok(stats) => sources.find_stalls(&stats, stall_after(every)),
+            Ok(stats) => {
+                sources.find_stalls(&stats, stall_after(every));
+                sources.refilter().await;
+            }
             Err(e) => {
                 tracing::debug!(target: "eventbus", error = %e, "cannot refresh the statistics")
             }

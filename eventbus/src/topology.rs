@@ -59,14 +59,17 @@ pub struct ConsumerPlan {
     /// not reach it. (A subject given on the attribute is used as it is: an event type outside
     /// the set that it matches is dead-lettered as unknown.)
     ///
-    /// On the aggregate's own stream the consumer itself has no filter: it reads the whole
-    /// stream, and dispatch acks and skips the events that match none of these (on a stream
-    /// adopted because it already covered the aggregate, these are the consumer's filters). On nats-server 2.10 and later a consumer
-    /// whose filter has a wildcard over many subjects (`order.*.created` over thousands of
-    /// order ids) reads several times slower than one with none (on 2.10.26 even a filter
-    /// equal to the stream's own subject, `order.>`, read 400 events/s against 146,000/s
-    /// unfiltered), while skipping costs one ack per event skipped.
+    /// On the aggregate's own stream the consumer has these filters on the server only where
+    /// that reads the handler's events faster than reading the whole stream and skipping the
+    /// events that match none of these (on nats-server 2.10 and later a consumer whose filter
+    /// has a wildcard over thousands of subjects reads several times slower than one with
+    /// none); the choice follows the stream's shape. On a stream adopted because it already
+    /// covered the aggregate, these are always the consumer's filters.
     pub filters: Vec<String>,
+    /// Whether the handler takes every event type this program knows for its aggregate (its
+    /// filter covers each one's subjects): then its stream holds little else, and a filter on
+    /// the server could only slow the consumer down.
+    pub takes_every_event: bool,
     /// Where a new consumer starts.
     pub deliver: DeliverPolicy,
     /// Ack policy.
@@ -331,6 +334,10 @@ impl Topology {
                 durable,
                 filter: h.subject.to_owned(),
                 filters: consumer_filters(h),
+                takes_every_event: events
+                    .iter()
+                    .filter(|e| e.aggregate == h.aggregate)
+                    .all(|e| filter_covers(h.subject, e.subject_pattern)),
                 deliver: o.deliver.clone().unwrap_or(DeliverPolicy::All),
                 ack,
                 replay: o.replay.unwrap_or(ReplayPolicy::Instant),

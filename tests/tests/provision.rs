@@ -751,3 +751,105 @@ async fn a_max_age_shorter_than_the_default_duplicate_window_works() {
         &["`PRV_SHORT`", "duplicate_window", "max_age"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The consumer's filter follows its stream's subjects
+// ---------------------------------------------------------------------------------------------
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "prv_mix", name = "tick")]
+struct MixTick {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "prv_mix", name = "tock")]
+struct MixTock {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+static MIX_HANDLED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes one of the aggregate's two event types.
+#[event_handler]
+async fn prv_mix_handler(event: MixTick) -> Result<(), HandlerError> {
+    MIX_HANDLED.lock().unwrap().push(event.id);
+    Ok(())
+}
+
+/// The ids handled so far, sorted, and whether any came twice.
+fn mix_handled() -> (Vec<String>, bool) {
+    let mut ids = MIX_HANDLED.lock().unwrap().clone();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    let twice = ids.len() != n;
+    (ids, twice)
+}
+
+#[tokio::test]
+async fn a_handler_of_some_event_types_filters_on_the_server_only_where_the_streams_subjects_make_it_fast(
+) {
+    let server = NatsServer::start().await;
+    let js = probe(&server).await;
+    let publisher = bus_on(&server).start().await.unwrap();
+    // Ten aggregates with both types: the handler takes half the stream, over 10 subjects,
+    // where a filter reads fast.
+    for i in 0..10 {
+        publisher
+            .publish(&MixTick {
+                id: format!("a{i}"),
+            })
+            .await
+            .unwrap();
+        publisher
+            .publish(&MixTock {
+                id: format!("a{i}"),
+            })
+            .await
+            .unwrap();
+    }
+    let bus = bus_on(&server)
+        .only_handlers(["prv_mix_handler"])
+        .stats_interval(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let name = format!("{SERVICE}-prv_mix_handler");
+    let info = consumer_info(&js, "PRV_MIX", &name).await;
+    assert_eq!(info.config.filter_subject, "prv_mix.*.tick", "{info:?}");
+    wait_until(TIMEOUT, "the ten ticks handled", || async {
+        mix_handled().0.len() == 10
+    })
+    .await;
+
+    // 1,500 more aggregates with both types: the filter would match 1,510 subjects, where the
+    // server's filtered path is several times slower than reading everything; the consumer
+    // reads the whole stream from where it was.
+    let more: Vec<_> = (0..1_500).map(|i| format!("b{i}")).collect();
+    let ticks: Vec<_> = more.iter().map(|id| MixTick { id: id.clone() }).collect();
+    let tocks: Vec<_> = more.iter().map(|id| MixTock { id: id.clone() }).collect();
+    for r in publisher.publish_all(&tocks).await {
+        r.unwrap();
+    }
+    for r in publisher.publish_all(&ticks).await {
+        r.unwrap();
+    }
+    wait_until(TIMEOUT, "the filter taken off", || async {
+        let c = consumer_info(&js, "PRV_MIX", &name).await.config;
+        c.filter_subject.is_empty() && c.filter_subjects.is_empty()
+    })
+    .await;
+    wait_until(TIMEOUT, "every tick handled", || async {
+        mix_handled().0.len() == 1_510
+    })
+    .await;
+    wait_settled(&js, "PRV_MIX", &name).await;
+    let (ids, twice) = mix_handled();
+    assert!(!twice, "no tick handled twice");
+    assert_eq!(ids.len(), 1_510);
+    bus.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+}

@@ -267,6 +267,12 @@ impl Broker {
             first_sequence: first,
             last_sequence: s.last_seq,
             consumers: s.consumers.len(),
+            subjects: s
+                .messages
+                .values()
+                .map(|m| m.subject.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len() as u64,
         })
     }
 

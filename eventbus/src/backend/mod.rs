@@ -116,6 +116,11 @@ impl Backend {
         })
     }
 
+    /// Whether this is the in-process broker.
+    pub(crate) fn in_process(&self) -> bool {
+        matches!(self, Backend::Memory(_))
+    }
+
     /// The server's version; the in-process broker has every feature, so it counts as newest.
     pub(crate) fn server_version(&self) -> (u64, u64, u64) {
         match self {
@@ -619,6 +624,8 @@ pub(crate) struct StreamFigures {
     pub(crate) first_sequence: u64,
     pub(crate) last_sequence: u64,
     pub(crate) consumers: usize,
+    /// Distinct subjects holding messages.
+    pub(crate) subjects: u64,
 }
 
 /// A consumer's figures, as the server reports them.

@@ -270,6 +270,7 @@ impl Nats {
             first_sequence: st.first_sequence,
             last_sequence: st.last_sequence,
             consumers: st.consumer_count,
+            subjects: st.subjects_count,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Start-up: validate, connect, provision, start one worker per handler, and hand back the
 //! [`Bus`] that owns them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::observe::metrics::HandlerMetrics;
 use crate::provision;
 use crate::publish::Publisher;
 use crate::stats::{self, Sources, Watched};
+use crate::topology::ConsumerPlan;
 
 impl Builder {
     /// Validates the registry, connects, provisions streams and consumers, and starts the
@@ -71,16 +73,37 @@ impl Builder {
         let connected = Backend::connect(&config, &service).await?;
         let backend = connected.backend;
         let stream_names = provision::streams(&backend, &topology).await?;
+        let stream_of = |plan: &ConsumerPlan| {
+            stream_names
+                .get(&plan.stream)
+                .cloned()
+                .unwrap_or_else(|| plan.stream.clone())
+        };
+        // The shape of the streams where a handler's filter depends on it
+        // (`provision::filtered_on_server`); the in-process broker has no slow path.
+        let version = backend.server_version();
+        let mut shapes = HashMap::new();
+        if !backend.in_process() {
+            for c in &topology.consumers {
+                let stream = stream_of(c);
+                if provision::adapts(c, &stream) && !shapes.contains_key(&stream) {
+                    let shape = provision::stream_shape(&backend, &stream).await?;
+                    shapes.insert(stream, shape);
+                }
+            }
+        }
+        let filtered = |plan: &ConsumerPlan, stream: &str| {
+            provision::filtered_on_server(plan, stream, shapes.get(stream), version)
+        };
         // The durable consumers, 16 requests at a time: a service with a hundred handlers
         // starts in a few round trips' time, not a hundred.
         let mut provisions = Vec::new();
         for c in topology.consumers.iter().filter(|c| c.durable) {
-            let stream = stream_names
-                .get(&c.stream)
-                .cloned()
-                .unwrap_or_else(|| c.stream.clone());
+            let stream = stream_of(c);
+            let on_server = filtered(c, &stream);
             let backend = &backend;
-            provisions.push(async move { provision::consumer(backend, &stream, c).await });
+            provisions
+                .push(async move { provision::consumer(backend, &stream, c, on_server).await });
         }
         let mut problems = Vec::new();
         let mut provisioned = futures::StreamExt::buffered(futures::stream::iter(provisions), 16);
@@ -103,10 +126,8 @@ impl Builder {
         let mut watched = Vec::new();
         let alive = Arc::new(AtomicUsize::new(0));
         for plan in &topology.consumers {
-            let stream_name = stream_names
-                .get(&plan.stream)
-                .cloned()
-                .unwrap_or_else(|| plan.stream.clone());
+            let stream_name = stream_of(plan);
+            let on_server = filtered(plan, &stream_name);
             let name = if plan.durable {
                 plan.name.clone()
             } else {
@@ -116,7 +137,7 @@ impl Builder {
                     &uuid::Uuid::now_v7().simple().to_string()[20..]
                 );
                 let config =
-                    provision::consumer_config(plan, &stream_name, &name).into_consumer_config();
+                    provision::consumer_config(plan, &name, on_server).into_consumer_config();
                 backend.put_consumer(&stream_name, config, false).await?;
                 running.ephemeral.push((stream_name.clone(), name.clone()));
                 name
@@ -131,13 +152,17 @@ impl Builder {
                 .await?;
             let metrics = Arc::new(HandlerMetrics::new(&service, &plan.handler, &stream_name));
             let repull = Arc::new(Notify::new());
-            watched.push(Watched::new(
+            let mut watch = Watched::new(
                 plan.handler.clone(),
                 stream_name.clone(),
                 name.clone(),
                 metrics.clone(),
                 repull.clone(),
-            ));
+            );
+            if !backend.in_process() && provision::adapts(plan, &stream_name) {
+                watch = watch.refiltered(plan.clone(), on_server);
+            }
+            watched.push(watch);
             let worker = Arc::new(Worker {
                 plan: plan.clone(),
                 stream: stream_name,

@@ -174,9 +174,17 @@ async fn run_on(binary: Option<String>, max_events: usize) {
     );
     let mut cell = 0;
     let mut done = std::collections::BTreeSet::new();
-    for ids in [10, 1_000, 100_000] {
+    // `BENCH_IDS=30,3000` and `BENCH_TYPES=3` run other rows (to find where the server's
+    // filtered path turns slow).
+    let list = |var: &str, default: &[usize]| -> Vec<usize> {
+        std::env::var(var).map_or_else(
+            |_| default.to_vec(),
+            |v| v.split(',').map(|n| n.trim().parse().expect(var)).collect(),
+        )
+    };
+    for ids in list("BENCH_IDS", &[10, 1_000, 100_000]) {
         for per in [1, 10, 100] {
-            for types in [1, 3] {
+            for types in list("BENCH_TYPES", &[1, 3]) {
                 let least = 20_000usize.div_ceil(ids);
                 let per = per.clamp(least, (max_events / ids).max(least));
                 if !done.insert((ids, per, types)) {

@@ -354,12 +354,17 @@ async fn main() {
             Place::Main,
         ),
     ];
+    // `BENCH_ONLY=on main` runs only the modes whose name holds that text.
+    let only = std::env::var("BENCH_ONLY").ok();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut totals: Vec<(Run, Run)> = vec![(Run::default(), Run::default()); modes.len()];
     for round in 1..=rounds {
         // Alternate which goes first, so neither always meets a warmer server.
         let raw_first = round % 2 == 1;
         for (i, &(name, mode, place)) in modes.iter().enumerate() {
+            if !only.as_deref().is_none_or(|o| name.contains(o)) {
+                continue;
+            }
             let events = if mode == Mode::Awaited { &few } else { &many };
             let (mut raw, mut eb) = (Run::default(), Run::default());
             for raw_turn in [raw_first, !raw_first] {
@@ -406,6 +411,9 @@ async fn main() {
          the target is 0.9 or more:"
     );
     for (((name, mode, _), r), (raw, eb)) in modes.iter().zip(ratios).zip(totals) {
+        if r.is_empty() {
+            continue;
+        }
         let n = rounds
             * if *mode == Mode::Awaited {
                 awaited
