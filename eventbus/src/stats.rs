@@ -5,6 +5,7 @@
 //! `stats_interval` and by each scrape of `/metrics`. Also here: the task that records the
 //! connection's state, and the detection of stalled consumers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use tokio::sync::{watch, Notify};
 use crate::backend::{Backend, ConnectionState};
 use crate::error::Error;
 use crate::observe::metrics::{self, HandlerMetrics};
-use crate::provision;
+use crate::provision::{self, StreamShape};
 use crate::topology::ConsumerPlan;
 
 /// What a bus's streams and handlers' consumers hold now (see `Bus::stats`).
@@ -157,6 +158,9 @@ pub(crate) struct Sources {
     /// The dead-letter stream (counted once it exists).
     pub(crate) dlq: String,
     pub(crate) handlers: Vec<Watched>,
+    /// The shape each stream had at the last look of `refilter` (sampled again only when its
+    /// subjects changed by a tenth or more, so a look at a steady stream gets no message).
+    pub(crate) shapes: Mutex<HashMap<String, StreamShape>>,
 }
 
 impl Sources {
@@ -252,30 +256,45 @@ impl Sources {
             }
         }
     }
-}
 
-impl Sources {
     /// Puts handlers' filters on their consumers or takes them off, as their streams' subjects
     /// now ask (see `provision::filtered_on_server`). The consumer keeps its position; the
     /// worker skips what it does not take either way.
-    pub(crate) async fn refilter(&self) {
+    pub(crate) async fn refilter(&self, stats: &Stats) {
         let version = self.backend.server_version();
-        let mut shapes = std::collections::HashMap::new();
         for w in &self.handlers {
             let Some((plan, now)) = &w.refilter else {
                 continue;
             };
-            if !shapes.contains_key(&w.stream) {
-                match provision::stream_shape(&self.backend, &w.stream).await {
-                    Ok(shape) => shapes.insert(w.stream.clone(), shape),
+            let Some(subjects) = stats.stream(&w.stream).map(|s| s.subjects) else {
+                continue;
+            };
+            let cached = self
+                .shapes
+                .lock()
+                .expect("stats lock")
+                .get(&w.stream)
+                .cloned();
+            let shape = match cached {
+                Some(mut shape)
+                    if shape.subjects.abs_diff(subjects) * 10 < shape.subjects.max(1) =>
+                {
+                    shape.subjects = subjects;
+                    shape
+                }
+                _ => match provision::stream_shape(&self.backend, &w.stream).await {
+                    Ok(shape) => {
+                        let mut shapes = self.shapes.lock().expect("stats lock");
+                        shapes.insert(w.stream.clone(), shape.clone());
+                        shape
+                    }
                     Err(e) => {
                         tracing::debug!(target: "eventbus", stream = %w.stream, error = %e, "cannot look at the stream's shape");
                         continue;
                     }
-                };
-            }
-            let shape = &shapes[&w.stream];
-            let want = provision::filtered_on_server(plan, &w.stream, Some(shape), version);
+                },
+            };
+            let want = provision::filtered_on_server(plan, &w.stream, Some(&shape), version);
             if want == now.load(Ordering::Relaxed) {
                 continue;
             }
@@ -306,7 +325,7 @@ pub(crate) async fn poll(sources: Arc<Sources>, every: Duration, mut stop: watch
         match sources.gather().await {
             Ok(stats) => {
                 sources.find_stalls(&stats, stall_after(every));
-                sources.refilter().await;
+                sources.refilter(&stats).await;
             }
             Err(e) => {
                 tracing::debug!(target: "eventbus", error = %e, "cannot refresh the statistics")
@@ -387,6 +406,7 @@ mod tests {
                 metrics.clone(),
                 repull.clone(),
             )],
+            shapes: std::sync::Mutex::default(),
         };
         let pulled_anew = || repull.notified().now_or_never().is_some();
         let after = Duration::ZERO;

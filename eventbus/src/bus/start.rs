@@ -202,6 +202,7 @@ impl Builder {
             streams,
             dlq: config.dlq_stream.clone(),
             handlers: watched,
+            shapes: std::sync::Mutex::new(shapes),
         });
         if backend.broker().is_none() && !config.stats_interval.is_zero() {
             tokio::spawn(stats::poll(

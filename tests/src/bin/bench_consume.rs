@@ -18,7 +18,9 @@
 //!   of `BENCH_CONCURRENCY`), timed from the moment `start()` returned.
 //!
 //! It prints, per cell, the rates of `tick` events handled and the ratio eventbus / the faster
-//! raw consumer (1.0: as fast as raw; the target is 0.9 or more).
+//! raw consumer (1.0: as fast as raw; the target is 0.9 or more): medians over
+//! `BENCH_ROUNDS` rounds (default 3) on the same backlog, each round on fresh consumers, since
+//! one short round on a shared machine swings by 20 %.
 
 use std::time::{Duration, Instant};
 
@@ -160,6 +162,11 @@ async fn backlog(js: &jetstream::Context, ids: usize, per: usize, types: usize) 
     (total, total.div_ceil(types))
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
+}
+
 async fn run_on(binary: Option<String>, max_events: usize) {
     let server = match binary {
         Some(b) => NatsServer::builder().binary(b).start().await,
@@ -172,6 +179,10 @@ async fn run_on(binary: Option<String>, max_events: usize) {
         "{:>7} {:>6} {:>5} {:>8} | {:>10} {:>10} {:>10} | ratio",
         "ids", "per-id", "types", "events", "raw-all/s", "raw-filt/s", "eventbus/s"
     );
+    // `BENCH_ROUNDS` (default 3): each cell's consumers run that many times over its
+    // backlog; the line gives the medians (rates, and the ratio of each round).
+    let rounds: usize =
+        std::env::var("BENCH_ROUNDS").map_or(3, |r| r.parse().expect("BENCH_ROUNDS"));
     let mut cell = 0;
     let mut done = std::collections::BTreeSet::new();
     // `BENCH_IDS=30,3000` and `BENCH_TYPES=3` run other rows (to find where the server's
@@ -194,17 +205,26 @@ async fn run_on(binary: Option<String>, max_events: usize) {
                 let publisher = eventbus_tests::publisher(&url, "bench").await;
                 let js = publisher.jetstream().expect("a NATS bus").clone();
                 let (total, ticks) = backlog(&js, ids, per, types).await;
-                let all = raw_round(&js, &format!("raw-all-{cell}"), "", total).await;
-                let filtered = if types > 1 {
-                    raw_round(&js, &format!("raw-filt-{cell}"), "bench.*.tick", total).await
-                } else {
-                    0.0
-                };
-                let eb = eventbus_round(&url, &format!("eventbus-{cell}"), ticks).await;
-                let best = all.max(filtered);
+                let (mut alls, mut filtereds, mut ebs, mut ratios) =
+                    (vec![], vec![], vec![], vec![]);
+                for round in 0..rounds {
+                    let all = raw_round(&js, &format!("raw-all-{cell}-{round}"), "", total).await;
+                    let filtered = if types > 1 {
+                        let name = format!("raw-filt-{cell}-{round}");
+                        raw_round(&js, &name, "bench.*.tick", total).await
+                    } else {
+                        0.0
+                    };
+                    let eb = eventbus_round(&url, &format!("eventbus-{cell}-{round}"), ticks).await;
+                    ratios.push(eb / all.max(filtered));
+                    alls.push(all);
+                    filtereds.push(filtered);
+                    ebs.push(eb);
+                }
+                let (all, filtered, eb) = (median(alls), median(filtereds), median(ebs));
                 println!(
                     "{ids:>7} {per:>6} {types:>5} {total:>8} | {all:>10.0} {filtered:>10.0} {eb:>10.0} | {:.2}",
-                    eb / best
+                    median(ratios)
                 );
                 js.delete_stream("BENCH").await.expect("delete the stream");
                 publisher.shutdown().await.expect("shutdown");
