@@ -192,15 +192,21 @@ impl Publisher {
         // A retry sends the same headers, made again from the same id and time.
         opts.id = Some(&encoded.id);
         let time = encoded.time;
-        let again = || encode_at(event, &opts, Some(time)).ok().map(|m| m.headers);
+        let again = || {
+            encode_at(event, &opts, Some(time))
+                .ok()
+                .map(|m| (m.headers, m.payload))
+        };
         let subject = encoded.subject.as_str();
         let started = Instant::now();
-        let result = self
+        let sent = self
             .send_acked_with(subject, encoded.headers, encoded.payload, again)
             .instrument(span)
-            .await
-            .map(|ack| published(ack, encoded.id.clone()))
-            .map_err(|e| publish_error(subject, e).with_event_id(&encoded.id));
+            .await;
+        let result = match sent {
+            Ok(ack) => Ok(published(ack, encoded.id)),
+            Err(e) => Err(publish_error(subject, e).with_event_id(&encoded.id)),
+        };
         self.record(d.cloud_type, started, &result);
         result
     }
@@ -247,18 +253,19 @@ impl Publisher {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<PublishAck, PublishError> {
-        let kept = (self.inner.limits.attempts > 1).then(|| headers.clone());
+        let kept = (self.inner.limits.attempts > 1).then(|| (headers.clone(), payload.clone()));
         self.send_acked_with(subject, headers, payload, || kept.clone())
             .await
     }
 
     /// The one send-and-retry loop: publishes and waits for the acknowledgement; after a
-    /// timeout or a lost connection, sends again with the headers `again` makes (the same
-    /// headers, so the same `Nats-Msg-Id`: the server keeps one copy), `publish_attempts` times
+    /// timeout or a lost connection, sends again with the headers and body `again` makes (the
+    /// same headers, so the same `Nats-Msg-Id`: the server keeps one copy), `publish_attempts` times
     /// in all. A publish that found nobody to answer although a stream stores its subject (a
     /// leader election, servers away) is sent again too, after a pause growing from 50 ms to
     /// 1 s, until `publish_unavailable_wait` has passed since the first such answer. `again`
-    /// makes the headers only when they are needed, so the first attempt sends without a copy;
+    /// makes the message only when it is needed, so the first attempt sends without a copy
+    /// (not even of the body: a `Bytes` made from a `Vec` allocates when first cloned);
     /// should it have none, the last error stands.
     ///
     /// An attempt that timed out may have been stored: once one has, the publish can no longer
@@ -268,15 +275,15 @@ impl Publisher {
         subject: &str,
         headers: HeaderMap,
         payload: Bytes,
-        mut again: impl FnMut() -> Option<HeaderMap>,
+        mut again: impl FnMut() -> Option<(HeaderMap, Bytes)>,
     ) -> Result<PublishAck, PublishError> {
         let settings = &*self.inner;
         let mut retry = Retry::default();
-        let mut headers = headers;
+        let (mut headers, mut payload) = (headers, payload);
         loop {
             let result = match settings
                 .backend
-                .send(subject.to_owned(), headers, payload.clone())
+                .send(subject.to_owned(), headers, payload)
                 .await
             {
                 Ok(f) => f.wait().await,
@@ -299,10 +306,10 @@ impl Publisher {
             };
             tokio::time::sleep(pause).await;
             match again() {
-                Some(h) => {
+                Some((h, p)) => {
                     tracing::warn!(target: "eventbus::publish", %subject, attempt = retry.sends, "publish not acknowledged; sending again with the same id");
                     self.inner.metrics.retried();
-                    headers = h;
+                    (headers, payload) = (h, p);
                 }
                 None => return Err(retry.last.take().expect("the error of the last attempt")),
             }
