@@ -87,8 +87,16 @@ impl Builder {
             for c in &topology.consumers {
                 let stream = stream_of(c);
                 if provision::adapts(c, &stream) && !shapes.contains_key(&stream) {
-                    let shape = provision::stream_shape(&backend, &stream).await?;
-                    shapes.insert(stream, shape);
+                    // Not knowing it (no permission to read messages, say) is no reason not
+                    // to start: the consumer then reads the whole stream, as it always could.
+                    match provision::stream_shape(&backend, &stream).await {
+                        Ok(shape) => {
+                            shapes.insert(stream, shape);
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "eventbus::provision", %stream, error = %chain(&e), "cannot look at the stream's shape; its handlers' consumers read it whole")
+                        }
+                    }
                 }
             }
         }
