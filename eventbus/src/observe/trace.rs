@@ -12,9 +12,18 @@
 //!   message is processed alone, which is how eventbus handles events. So one trace holds the
 //!   producer's span, the handler's, and whatever the handler publishes.
 //! - With `tracing` alone (no OpenTelemetry layer, or the feature off), spans carry the same
-//!   names and attributes, and a handler's `ctx.publish`, `ctx.append` and dead letters carry
-//!   the received `traceparent` / `tracestate` on unchanged, so the trace id survives a
-//!   service that records no spans.
+//!   names and attributes as `tracing` fields, and a handler's `ctx.publish`, `ctx.append` and
+//!   dead letters carry the received `traceparent` / `tracestate` on unchanged, so the trace id
+//!   survives a service that records no spans.
+//!
+//! What it costs: `tracing-opentelemetry` copies every string field of a span into an
+//! attribute of its own, recorded or not. So the fields a span is created with are the few a
+//! log line wants too (the name, the kind, the subject, the handler, the counts as integers);
+//! the rest (the messaging system, the operation, the template, the consumer group, the
+//! stream) are set by [`describe`] once the span has started: as OpenTelemetry attributes
+//! without a copy of the constant ones when a layer records the span, not at all when it does
+//! not (a trace not sampled), as `tracing` fields when no OpenTelemetry layer tracks it. A
+//! sampler therefore sees the name, the kind and the fields given at creation.
 
 use async_nats::HeaderMap;
 use tracing::field::Empty;
@@ -67,22 +76,70 @@ impl std::fmt::Display for Template<'_> {
 
 /// The span of one publish of an event type whose destination template is `template`. The
 /// subject and the message id are recorded once known (`messaging.destination.name`,
-/// `messaging.message.id`).
+/// `messaging.message.id`); the attributes that are the same for every publish are described
+/// by [`describe`].
 pub(crate) fn publish_span(pattern: &str) -> Span {
     let template = Template(pattern);
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: "eventbus::publish",
         "publish",
         otel.name = %format_args!("publish {template}"),
         otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.name = "publish",
-        messaging.operation.type = "send",
-        messaging.destination.template = %template,
+        messaging.system = Empty,
+        messaging.operation.name = Empty,
+        messaging.operation.type = Empty,
+        messaging.destination.template = Empty,
         messaging.destination.name = Empty,
         messaging.message.id = Empty,
-    )
+    );
+    describe(
+        &span,
+        &[
+            ("messaging.system", Attr::Static(SYSTEM)),
+            ("messaging.operation.name", Attr::Static("publish")),
+            ("messaging.operation.type", Attr::Static("send")),
+            ("messaging.destination.template", Attr::Template(template)),
+        ],
+    );
+    span
 }
+
+/// A string attribute of a span.
+#[derive(Debug, Clone, Copy)]
+enum Attr<'a> {
+    Static(&'static str),
+    Str(&'a str),
+    Template(Template<'a>),
+}
+
+/// Gives `span` the attributes `attrs` that a trace backend wants and a log line does not
+/// need (the messaging system, the operation, the template, ...), each the name of a field
+/// the span declared `Empty`.
+///
+/// A span an OpenTelemetry layer records gets them as OpenTelemetry attributes, set at once:
+/// a `&'static str` is not copied (`tracing-opentelemetry` copies every string field it is
+/// given), and a span it does not record (its trace is not sampled) gets none, as they would
+/// be dropped. A span no OpenTelemetry layer tracks (`tracing` alone, or the feature off) gets
+/// them as its `tracing` fields.
+fn describe(span: &Span, attrs: &[(&'static str, Attr<'_>)]) {
+    if span.is_disabled() {
+        return;
+    }
+    #[cfg(feature = "opentelemetry")]
+    if otel::describe(span, attrs) {
+        return;
+    }
+    for (name, value) in attrs {
+        match value {
+            Attr::Static(v) => span.record(*name, *v),
+            Attr::Str(v) => span.record(*name, *v),
+            Attr::Template(t) => span.record(*name, tracing::field::display(t)),
+        };
+    }
+}
+
+/// `messaging.system`.
+const SYSTEM: &str = "nats";
 
 /// The trace context a publish in `span` writes: the span's own (with the `opentelemetry`
 /// feature and an OpenTelemetry layer), else the one `carried` from the event being handled.
@@ -109,7 +166,8 @@ pub(crate) struct Process<'a> {
 }
 
 /// The span of one delivery's handling, in the trace the event's `headers` carry (see the
-/// module's documentation). `messaging.message.id` is recorded once known.
+/// module's documentation). `messaging.message.id` is recorded once known; the attributes a
+/// log line does not need are described by [`describe`].
 pub(crate) fn process_span(p: &Process<'_>, headers: &HeaderMap) -> Span {
     let template = Template(p.filter);
     let span = tracing::info_span!(
@@ -117,23 +175,43 @@ pub(crate) fn process_span(p: &Process<'_>, headers: &HeaderMap) -> Span {
         "process",
         otel.name = %format_args!("process {template}"),
         otel.kind = "consumer",
-        messaging.system = "nats",
-        messaging.operation.name = "process",
-        messaging.operation.type = "process",
-        messaging.destination.name = %p.subject,
-        messaging.destination.template = %template,
-        messaging.consumer.group.name = %p.consumer,
+        messaging.system = Empty,
+        messaging.operation.name = Empty,
+        messaging.operation.type = Empty,
+        messaging.destination.name = p.subject,
+        messaging.destination.template = Empty,
+        messaging.consumer.group.name = Empty,
         messaging.message.id = Empty,
-        messaging.nats.stream = %p.stream,
-        messaging.nats.message.stream_sequence = p.stream_sequence,
-        messaging.nats.message.delivery_count = p.delivered,
-        handler = %p.handler,
+        messaging.nats.stream = Empty,
+        // Integers: an OpenTelemetry layer keeps them as such, without formatting.
+        messaging.nats.message.stream_sequence = int(p.stream_sequence),
+        messaging.nats.message.delivery_count = int(p.delivered),
+        handler = p.handler,
     );
+    if span.is_disabled() {
+        return span;
+    }
     #[cfg(feature = "opentelemetry")]
     otel::join(&span, headers);
     #[cfg(not(feature = "opentelemetry"))]
     let _ = headers;
+    describe(
+        &span,
+        &[
+            ("messaging.system", Attr::Static(SYSTEM)),
+            ("messaging.operation.name", Attr::Static("process")),
+            ("messaging.operation.type", Attr::Static("process")),
+            ("messaging.destination.template", Attr::Template(template)),
+            ("messaging.consumer.group.name", Attr::Str(p.consumer)),
+            ("messaging.nats.stream", Attr::Str(p.stream)),
+        ],
+    );
     span
+}
+
+/// A count or a sequence as the signed integer OpenTelemetry attributes hold.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(feature = "opentelemetry")]
@@ -144,10 +222,11 @@ mod otel {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
+    use opentelemetry::{KeyValue, Value};
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use super::{header, TraceContext, TRACEPARENT, TRACESTATE};
+    use super::{header, Attr, TraceContext, TRACEPARENT, TRACESTATE};
 
     /// The context of `span` as W3C headers, if it belongs to an OpenTelemetry trace.
     pub(super) fn context_of(span: &Span) -> Option<TraceContext> {
@@ -167,6 +246,27 @@ mod otel {
             )),
             tracestate: (!state.is_empty()).then_some(state),
         })
+    }
+
+    /// Sets `attrs` on the OpenTelemetry span of `span` if it records; false when no
+    /// OpenTelemetry layer tracks `span`.
+    pub(super) fn describe(span: &Span, attrs: &[(&'static str, Attr<'_>)]) -> bool {
+        let cx = span.context();
+        let otel = cx.span();
+        if !otel.span_context().is_valid() {
+            return false;
+        }
+        if otel.is_recording() {
+            otel.set_attributes(attrs.iter().map(|(name, value)| {
+                let value = match value {
+                    Attr::Static(v) => Value::from(*v),
+                    Attr::Str(v) => Value::from(v.to_string()),
+                    Attr::Template(t) => Value::from(t.to_string()),
+                };
+                KeyValue::new(*name, value)
+            }));
+        }
+        true
     }
 
     /// A `traceparent` (version 00, or a later one read as 00) as a remote span context.
@@ -246,7 +346,16 @@ mod otel {
 
 #[cfg(test)]
 mod tests {
-    use super::Template;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Arc, Mutex};
+
+    use async_nats::HeaderMap;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::Layer;
+
+    use super::{process_span, publish_span, Process, Template};
 
     #[test]
     fn templates_put_id_in_the_aggregate_id_token() {
@@ -254,5 +363,89 @@ mod tests {
         assert_eq!(t("order.*.created"), "order.{id}.created");
         assert_eq!(t("order.*.*"), "order.{id}.*");
         assert_eq!(t("order.>"), "order.>");
+    }
+
+    /// Each span's fields with a value, by span name.
+    #[derive(Clone, Default)]
+    struct Fields(Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>);
+
+    struct Collect<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Collect<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(
+                field.name().to_owned(),
+                format!("{value:?}").replace('"', ""),
+            );
+        }
+    }
+
+    impl<S> Layer<S> for Fields
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let name = ctx.span(id).expect("span").name().to_owned();
+            let mut all = self.0.lock().expect("fields");
+            attrs.record(&mut Collect(all.entry(name).or_default()));
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+            let name = ctx.span(id).expect("span").name().to_owned();
+            let mut all = self.0.lock().expect("fields");
+            values.record(&mut Collect(all.entry(name).or_default()));
+        }
+    }
+
+    #[test]
+    fn with_tracing_alone_spans_carry_every_attribute_as_a_field() {
+        let fields = Fields::default();
+        let subscriber = tracing_subscriber::registry().with(fields.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            drop(publish_span("order.*.created"));
+            let process = Process {
+                handler: "bill",
+                filter: "order.*.created",
+                consumer: "billing-bill",
+                stream: "ORDER",
+                subject: "order.42.created",
+                stream_sequence: 7,
+                delivered: 2,
+            };
+            drop(process_span(&process, &HeaderMap::new()));
+        });
+        let all = fields.0.lock().expect("fields");
+        let names = |span: &str| all[span].keys().cloned().collect::<BTreeSet<_>>();
+        let common = [
+            "otel.name",
+            "otel.kind",
+            "messaging.system",
+            "messaging.operation.name",
+            "messaging.operation.type",
+            "messaging.destination.template",
+        ];
+        let publish: BTreeSet<String> = common.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names("publish"), publish);
+        let process: BTreeSet<String> = common
+            .iter()
+            .chain(&[
+                "messaging.destination.name",
+                "messaging.consumer.group.name",
+                "messaging.nats.stream",
+                "messaging.nats.message.stream_sequence",
+                "messaging.nats.message.delivery_count",
+                "handler",
+            ])
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(names("process"), process);
+        let p = &all["process"];
+        assert_eq!(p["otel.name"], "process order.{id}.created");
+        assert_eq!(p["messaging.system"], "nats");
+        assert_eq!(p["messaging.operation.type"], "process");
+        assert_eq!(p["messaging.destination.template"], "order.{id}.created");
+        assert_eq!(p["messaging.consumer.group.name"], "billing-bill");
+        assert_eq!(p["messaging.nats.message.delivery_count"], "2");
+        assert_eq!(all["publish"]["messaging.operation.name"], "publish");
     }
 }
