@@ -79,6 +79,11 @@ impl std::fmt::Display for Template<'_> {
 /// `messaging.message.id`); the attributes that are the same for every publish are described
 /// by [`describe`].
 pub(crate) fn publish_span(pattern: &str) -> Span {
+    #[cfg(feature = "opentelemetry")]
+    if otel::in_unsampled_trace() {
+        // Not recorded: `outgoing` writes the current context on, still not sampled.
+        return Span::none();
+    }
     let template = Template(pattern);
     let span = tracing::info_span!(
         target: "eventbus::publish",
@@ -142,10 +147,11 @@ fn describe(span: &Span, attrs: &[(&'static str, Attr<'_>)]) {
 const SYSTEM: &str = "nats";
 
 /// The trace context a publish in `span` writes: the span's own (with the `opentelemetry`
-/// feature and an OpenTelemetry layer), else the one `carried` from the event being handled.
+/// feature and an OpenTelemetry layer), or the current trace not sampled that `publish_span`
+/// made no span in, else the one `carried` from the event being handled.
 pub(crate) fn outgoing(span: &Span, carried: TraceContext) -> TraceContext {
     #[cfg(feature = "opentelemetry")]
-    if let Some(own) = otel::context_of(span) {
+    if let Some(own) = otel::context_of(span).or_else(otel::current_unsampled) {
         return own;
     }
     let _ = span;
@@ -165,10 +171,26 @@ pub(crate) struct Process<'a> {
     pub(crate) delivered: u64,
 }
 
-/// The span of one delivery's handling, in the trace the event's `headers` carry (see the
-/// module's documentation). `messaging.message.id` is recorded once known; the attributes a
-/// log line does not need are described by [`describe`].
-pub(crate) fn process_span(p: &Process<'_>, headers: &HeaderMap) -> Span {
+/// Where one delivery is handled: its `process` span, in the trace the event's `headers` carry
+/// (see the module's documentation); `messaging.message.id` is recorded once known, the
+/// attributes a log line does not need are described by [`describe`].
+///
+/// A delivery whose trace is not sampled, while an OpenTelemetry layer records eventbus's
+/// spans, gets no span: the layer would build one to drop it. Its handler runs in the
+/// received context instead, so what it makes and publishes stays in that trace, not sampled
+/// either (a parent-based sampler, the SDK's default, decides so; see [`Scope`]).
+pub(crate) fn process_span(p: &Process<'_>, headers: &HeaderMap) -> Scope {
+    #[cfg(feature = "opentelemetry")]
+    let received = otel::received(headers);
+    #[cfg(feature = "opentelemetry")]
+    if let Some(cx) = otel::unsampled(received.as_ref()) {
+        return Scope {
+            span: Span::none(),
+            unsampled: Some(cx),
+        };
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = headers;
     let template = Template(p.filter);
     let span = tracing::info_span!(
         target: "eventbus::dispatch",
@@ -188,25 +210,63 @@ pub(crate) fn process_span(p: &Process<'_>, headers: &HeaderMap) -> Span {
         messaging.nats.message.delivery_count = int(p.delivered),
         handler = p.handler,
     );
-    if span.is_disabled() {
-        return span;
+    if !span.is_disabled() {
+        #[cfg(feature = "opentelemetry")]
+        if let Some(sc) = received {
+            otel::join(&span, sc);
+        }
+        describe(
+            &span,
+            &[
+                ("messaging.system", Attr::Static(SYSTEM)),
+                ("messaging.operation.name", Attr::Static("process")),
+                ("messaging.operation.type", Attr::Static("process")),
+                ("messaging.destination.template", Attr::Template(template)),
+                ("messaging.consumer.group.name", Attr::Str(p.consumer)),
+                ("messaging.nats.stream", Attr::Str(p.stream)),
+            ],
+        );
     }
+    Scope {
+        span,
+        #[cfg(feature = "opentelemetry")]
+        unsampled: None,
+    }
+}
+
+/// What a delivery is handled in: its span, or (with the `opentelemetry` feature) the
+/// received context of a trace not sampled.
+pub(crate) struct Scope {
+    span: Span,
     #[cfg(feature = "opentelemetry")]
-    otel::join(&span, headers);
-    #[cfg(not(feature = "opentelemetry"))]
-    let _ = headers;
-    describe(
-        &span,
-        &[
-            ("messaging.system", Attr::Static(SYSTEM)),
-            ("messaging.operation.name", Attr::Static("process")),
-            ("messaging.operation.type", Attr::Static("process")),
-            ("messaging.destination.template", Attr::Template(template)),
-            ("messaging.consumer.group.name", Attr::Str(p.consumer)),
-            ("messaging.nats.stream", Attr::Str(p.stream)),
-        ],
-    );
-    span
+    unsampled: Option<opentelemetry::Context>,
+}
+
+/// Runs a future in a [`Scope`], as `tracing::Instrument` runs one in a span.
+pub(crate) trait InScope: std::future::Future + Sized {
+    /// Runs `self` in `scope`'s span, or in its received context.
+    fn in_scope(self, scope: Scope) -> impl std::future::Future<Output = Self::Output> {
+        scope.wrap(self)
+    }
+}
+
+impl<F: std::future::Future> InScope for F {}
+
+impl Scope {
+    fn wrap<F: std::future::Future>(self, fut: F) -> impl std::future::Future<Output = F::Output> {
+        use tracing::Instrument;
+        #[cfg(feature = "opentelemetry")]
+        {
+            use futures::future::Either;
+            use opentelemetry::context::FutureExt;
+            match self.unsampled {
+                Some(cx) => Either::Left(fut.with_context(cx)),
+                None => Either::Right(fut.instrument(self.span)),
+            }
+        }
+        #[cfg(not(feature = "opentelemetry"))]
+        fut.instrument(self.span)
+    }
 }
 
 /// A count or a sequence as the signed integer OpenTelemetry attributes hold.
@@ -217,6 +277,7 @@ fn int(n: u64) -> i64 {
 #[cfg(feature = "opentelemetry")]
 mod otel {
     use std::str::FromStr;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_nats::HeaderMap;
     use opentelemetry::trace::{
@@ -233,11 +294,13 @@ mod otel {
         let cx = span.context();
         let s = cx.span();
         let sc = s.span_context();
-        if !sc.is_valid() {
-            return None;
-        }
+        sc.is_valid().then(|| headers_of(sc))
+    }
+
+    /// `sc` as W3C headers.
+    fn headers_of(sc: &SpanContext) -> TraceContext {
         let state = sc.trace_state().header();
-        Some(TraceContext {
+        TraceContext {
             traceparent: Some(format!(
                 "00-{}-{}-{:02x}",
                 sc.trace_id(),
@@ -245,7 +308,7 @@ mod otel {
                 sc.trace_flags().to_u8()
             )),
             tracestate: (!state.is_empty()).then_some(state),
-        })
+        }
     }
 
     /// Sets `attrs` on the OpenTelemetry span of `span` if it records; false when no
@@ -253,7 +316,9 @@ mod otel {
     pub(super) fn describe(span: &Span, attrs: &[(&'static str, Attr<'_>)]) -> bool {
         let cx = span.context();
         let otel = cx.span();
-        if !otel.span_context().is_valid() {
+        let tracked = otel.span_context().is_valid();
+        LAYER_SEEN.store(tracked, Ordering::Relaxed);
+        if !tracked {
             return false;
         }
         if otel.is_recording() {
@@ -298,14 +363,55 @@ mod otel {
         sc.is_valid().then_some(sc)
     }
 
-    /// Makes the context `headers` carry the parent of `span`, and links to it.
-    pub(super) fn join(span: &Span, headers: &HeaderMap) {
-        let Some(tp) = header(headers, TRACEPARENT) else {
-            return;
-        };
-        let Some(sc) = parse(tp, header(headers, TRACESTATE)) else {
-            return;
-        };
+    /// The span context `headers` carry, if valid.
+    pub(super) fn received(headers: &HeaderMap) -> Option<SpanContext> {
+        parse(header(headers, TRACEPARENT)?, header(headers, TRACESTATE))
+    }
+
+    /// Whether the last span eventbus made that a subscriber enabled was tracked by an
+    /// OpenTelemetry layer: the subscriber of a service does not change, so this says whether
+    /// it has one, without making a span to find out.
+    static LAYER_SEEN: AtomicBool = AtomicBool::new(false);
+
+    /// The received context of a delivery whose trace is not sampled, when an OpenTelemetry
+    /// layer would record its span (and so drop it): handled in that context, without a span.
+    pub(super) fn unsampled(received: Option<&SpanContext>) -> Option<opentelemetry::Context> {
+        let sc = received?;
+        if sc.is_sampled()
+            || !LAYER_SEEN.load(Ordering::Relaxed)
+            || !tracing::span_enabled!(target: "eventbus::dispatch", tracing::Level::INFO)
+        {
+            return None;
+        }
+        Some(opentelemetry::Context::new().with_remote_span_context(sc.clone()))
+    }
+
+    /// Whether a publish now belongs to a trace not sampled (the current OpenTelemetry
+    /// context's), while an OpenTelemetry layer records eventbus's spans: its span would be
+    /// dropped.
+    pub(super) fn in_unsampled_trace() -> bool {
+        if !LAYER_SEEN.load(Ordering::Relaxed) {
+            return false;
+        }
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid()
+            && !sc.is_sampled()
+            && tracing::span_enabled!(target: "eventbus::publish", tracing::Level::INFO)
+    }
+
+    /// The current OpenTelemetry context as W3C headers, if it is a trace not sampled (the
+    /// one a publish made no span in).
+    pub(super) fn current_unsampled() -> Option<TraceContext> {
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.is_valid() && !sc.is_sampled()).then(|| headers_of(sc))
+    }
+
+    /// Makes `sc`, the context the event carries, the parent of `span`, and links to it.
+    pub(super) fn join(span: &Span, sc: SpanContext) {
         let parent = opentelemetry::Context::new().with_remote_span_context(sc.clone());
         // Fails only when no OpenTelemetry layer records this span: nothing to join then.
         let _ = span.set_parent(parent);
