@@ -28,7 +28,8 @@
 //! which costs what; `BENCH_SAMPLE=0.01` records that share of traces (parent-based, by trace
 //! id: the root publishes decide, the deliveries follow their `traceparent`), as production
 //! tracing samples; `BENCH_LAYER=none` records the spans with
-//! `tracing-subscriber`'s registry alone (no OpenTelemetry layer). Wall times on a shared machine drift: compare the
+//! `tracing-subscriber`'s registry alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a
+//! layer that takes no timings at each poll and adds no thread or source location. Wall times on a shared machine drift: compare the
 //! medians and the CPU times, over several rounds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -216,6 +217,18 @@ async fn main() {
     // BENCH_LAYER=none: spans recorded by the registry alone, no OpenTelemetry layer.
     let tracing = if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "none") {
         tracing::Dispatch::new(tracing_subscriber::registry())
+    } else if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "lean") {
+        // BENCH_LAYER=lean: the layer without the timings it takes at each poll and the
+        // thread and source location it adds to each span.
+        tracing::Dispatch::new(
+            tracing_subscriber::registry().with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("bench"))
+                    .with_tracked_inactivity(false)
+                    .with_threads(false)
+                    .with_location(false),
+            ),
+        )
     } else {
         tracing::Dispatch::new(
             tracing_subscriber::registry()
