@@ -27,10 +27,11 @@
 //! `BENCH_ON=metrics` or `BENCH_ON=tracing` turns on only that one in the "on" parts, to see
 //! which costs what; `BENCH_SAMPLE=0.01` records that share of traces (parent-based, by trace
 //! id: the root publishes decide, the deliveries follow their `traceparent`), as production
-//! tracing samples; `BENCH_LAYER=none` records the spans with
-//! `tracing-subscriber`'s registry alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a
-//! layer that takes no timings at each poll and adds no thread or source location. Wall times on a shared machine drift: compare the
-//! medians and the CPU times, over several rounds.
+//! tracing samples; `BENCH_LAYER=none` records the spans with `tracing-subscriber`'s registry
+//! alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a layer that takes no timings at
+//! each poll and adds no thread or source location; `BENCH_LEVEL` (default `info`, as a
+//! service's filter) says which levels are recorded. Wall times on a shared machine drift:
+//! compare the medians and the CPU times, over several rounds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -214,14 +215,21 @@ async fn main() {
             ),
         )))
         .build();
+    // The levels recorded, as a service's filter says (`RUST_LOG=info`): BENCH_LEVEL, default
+    // info; `trace` records the debug and trace events of async-nats too.
+    let level: tracing_subscriber::filter::LevelFilter = std::env::var("BENCH_LEVEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(level);
     // BENCH_LAYER=none: spans recorded by the registry alone, no OpenTelemetry layer.
     let tracing = if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "none") {
-        tracing::Dispatch::new(tracing_subscriber::registry())
+        tracing::Dispatch::new(registry)
     } else if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "lean") {
         // BENCH_LAYER=lean: the layer without the timings it takes at each poll and the
         // thread and source location it adds to each span.
         tracing::Dispatch::new(
-            tracing_subscriber::registry().with(
+            registry.with(
                 tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer("bench"))
                     .with_tracked_inactivity(false)
@@ -231,8 +239,7 @@ async fn main() {
         )
     } else {
         tracing::Dispatch::new(
-            tracing_subscriber::registry()
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+            registry.with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
         )
     };
 
