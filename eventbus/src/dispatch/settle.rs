@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
 use futures::FutureExt;
-use tracing::Instrument;
 
 use super::{Settled, Settlement, Worker};
 use crate::backend::Incoming;
@@ -18,7 +17,7 @@ use crate::envelope::{headers, Metadata};
 use crate::error::{chain, ErrorKind};
 use crate::handler::{Delivery, EventContext, HandlerError};
 use crate::observe::metrics;
-use crate::observe::trace::{self, Process};
+use crate::observe::trace::{self, InScope, Process};
 use crate::topology::ConsumerPlan;
 
 enum Outcome {
@@ -75,7 +74,7 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
     let _in_flight = w.metrics.start(delivered);
     // The headers move into the metadata: no copy per event.
     let headers = msg.take_headers();
-    let span = trace::process_span(
+    let scope = trace::process_span(
         &Process {
             handler: &plan.handler,
             filter: &plan.filter,
@@ -150,7 +149,7 @@ pub(super) async fn handle(w: &Worker, mut msg: Incoming) {
             }
         }
     }
-    .instrument(span)
+    .in_scope(scope)
     .await
 }
 

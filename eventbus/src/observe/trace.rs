@@ -12,9 +12,18 @@
 //!   message is processed alone, which is how eventbus handles events. So one trace holds the
 //!   producer's span, the handler's, and whatever the handler publishes.
 //! - With `tracing` alone (no OpenTelemetry layer, or the feature off), spans carry the same
-//!   names and attributes, and a handler's `ctx.publish`, `ctx.append` and dead letters carry
-//!   the received `traceparent` / `tracestate` on unchanged, so the trace id survives a
-//!   service that records no spans.
+//!   names and attributes as `tracing` fields, and a handler's `ctx.publish`, `ctx.append` and
+//!   dead letters carry the received `traceparent` / `tracestate` on unchanged, so the trace id
+//!   survives a service that records no spans.
+//!
+//! What it costs: `tracing-opentelemetry` copies every string field of a span into an
+//! attribute of its own, recorded or not. So the fields a span is created with are the few a
+//! log line wants too (the name, the kind, the subject, the handler, the counts as integers);
+//! the rest (the messaging system, the operation, the template, the consumer group, the
+//! stream) are set by [`describe`] once the span has started: as OpenTelemetry attributes
+//! without a copy of the constant ones when a layer records the span, not at all when it does
+//! not (a trace not sampled), as `tracing` fields when no OpenTelemetry layer tracks it. A
+//! sampler therefore sees the name, the kind and the fields given at creation.
 
 use async_nats::HeaderMap;
 use tracing::field::Empty;
@@ -67,28 +76,82 @@ impl std::fmt::Display for Template<'_> {
 
 /// The span of one publish of an event type whose destination template is `template`. The
 /// subject and the message id are recorded once known (`messaging.destination.name`,
-/// `messaging.message.id`).
+/// `messaging.message.id`); the attributes that are the same for every publish are described
+/// by [`describe`].
 pub(crate) fn publish_span(pattern: &str) -> Span {
+    #[cfg(feature = "opentelemetry")]
+    if otel::in_unsampled_trace() {
+        // Not recorded: `outgoing` writes the current context on, still not sampled.
+        return Span::none();
+    }
     let template = Template(pattern);
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: "eventbus::publish",
         "publish",
         otel.name = %format_args!("publish {template}"),
         otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.name = "publish",
-        messaging.operation.type = "send",
-        messaging.destination.template = %template,
+        messaging.system = Empty,
+        messaging.operation.name = Empty,
+        messaging.operation.type = Empty,
+        messaging.destination.template = Empty,
         messaging.destination.name = Empty,
         messaging.message.id = Empty,
-    )
+    );
+    describe(
+        &span,
+        &[
+            ("messaging.system", Attr::Static(SYSTEM)),
+            ("messaging.operation.name", Attr::Static("publish")),
+            ("messaging.operation.type", Attr::Static("send")),
+            ("messaging.destination.template", Attr::Template(template)),
+        ],
+    );
+    span
 }
 
+/// A string attribute of a span.
+#[derive(Debug, Clone, Copy)]
+enum Attr<'a> {
+    Static(&'static str),
+    Str(&'a str),
+    Template(Template<'a>),
+}
+
+/// Gives `span` the attributes `attrs` that a trace backend wants and a log line does not
+/// need (the messaging system, the operation, the template, ...), each the name of a field
+/// the span declared `Empty`.
+///
+/// A span an OpenTelemetry layer records gets them as OpenTelemetry attributes, set at once:
+/// a `&'static str` is not copied (`tracing-opentelemetry` copies every string field it is
+/// given), and a span it does not record (its trace is not sampled) gets none, as they would
+/// be dropped. A span no OpenTelemetry layer tracks (`tracing` alone, or the feature off) gets
+/// them as its `tracing` fields.
+fn describe(span: &Span, attrs: &[(&'static str, Attr<'_>)]) {
+    if span.is_disabled() {
+        return;
+    }
+    #[cfg(feature = "opentelemetry")]
+    if otel::describe(span, attrs) {
+        return;
+    }
+    for (name, value) in attrs {
+        match value {
+            Attr::Static(v) => span.record(*name, *v),
+            Attr::Str(v) => span.record(*name, *v),
+            Attr::Template(t) => span.record(*name, tracing::field::display(t)),
+        };
+    }
+}
+
+/// `messaging.system`.
+const SYSTEM: &str = "nats";
+
 /// The trace context a publish in `span` writes: the span's own (with the `opentelemetry`
-/// feature and an OpenTelemetry layer), else the one `carried` from the event being handled.
+/// feature and an OpenTelemetry layer), or the current trace not sampled that `publish_span`
+/// made no span in, else the one `carried` from the event being handled.
 pub(crate) fn outgoing(span: &Span, carried: TraceContext) -> TraceContext {
     #[cfg(feature = "opentelemetry")]
-    if let Some(own) = otel::context_of(span) {
+    if let Some(own) = otel::context_of(span).or_else(otel::current_unsampled) {
         return own;
     }
     let _ = span;
@@ -108,57 +171,136 @@ pub(crate) struct Process<'a> {
     pub(crate) delivered: u64,
 }
 
-/// The span of one delivery's handling, in the trace the event's `headers` carry (see the
-/// module's documentation). `messaging.message.id` is recorded once known.
-pub(crate) fn process_span(p: &Process<'_>, headers: &HeaderMap) -> Span {
+/// Where one delivery is handled: its `process` span, in the trace the event's `headers` carry
+/// (see the module's documentation); `messaging.message.id` is recorded once known, the
+/// attributes a log line does not need are described by [`describe`].
+///
+/// A delivery whose trace is not sampled, while an OpenTelemetry layer records eventbus's
+/// spans, gets no span: the layer would build one to drop it. Its handler runs in the
+/// received context instead, so what it makes and publishes stays in that trace, not sampled
+/// either (a parent-based sampler, the SDK's default, decides so; see [`Scope`]).
+pub(crate) fn process_span(p: &Process<'_>, headers: &HeaderMap) -> Scope {
+    #[cfg(feature = "opentelemetry")]
+    let received = otel::received(headers);
+    #[cfg(feature = "opentelemetry")]
+    if let Some(cx) = otel::unsampled(received.as_ref()) {
+        return Scope {
+            span: Span::none(),
+            unsampled: Some(cx),
+        };
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = headers;
     let template = Template(p.filter);
     let span = tracing::info_span!(
         target: "eventbus::dispatch",
         "process",
         otel.name = %format_args!("process {template}"),
         otel.kind = "consumer",
-        messaging.system = "nats",
-        messaging.operation.name = "process",
-        messaging.operation.type = "process",
-        messaging.destination.name = %p.subject,
-        messaging.destination.template = %template,
-        messaging.consumer.group.name = %p.consumer,
+        messaging.system = Empty,
+        messaging.operation.name = Empty,
+        messaging.operation.type = Empty,
+        messaging.destination.name = p.subject,
+        messaging.destination.template = Empty,
+        messaging.consumer.group.name = Empty,
         messaging.message.id = Empty,
-        messaging.nats.stream = %p.stream,
-        messaging.nats.message.stream_sequence = p.stream_sequence,
-        messaging.nats.message.delivery_count = p.delivered,
-        handler = %p.handler,
+        messaging.nats.stream = Empty,
+        // Integers: an OpenTelemetry layer keeps them as such, without formatting.
+        messaging.nats.message.stream_sequence = int(p.stream_sequence),
+        messaging.nats.message.delivery_count = int(p.delivered),
+        handler = p.handler,
     );
+    if !span.is_disabled() {
+        #[cfg(feature = "opentelemetry")]
+        if let Some(sc) = received {
+            otel::join(&span, sc);
+        }
+        describe(
+            &span,
+            &[
+                ("messaging.system", Attr::Static(SYSTEM)),
+                ("messaging.operation.name", Attr::Static("process")),
+                ("messaging.operation.type", Attr::Static("process")),
+                ("messaging.destination.template", Attr::Template(template)),
+                ("messaging.consumer.group.name", Attr::Str(p.consumer)),
+                ("messaging.nats.stream", Attr::Str(p.stream)),
+            ],
+        );
+    }
+    Scope {
+        span,
+        #[cfg(feature = "opentelemetry")]
+        unsampled: None,
+    }
+}
+
+/// What a delivery is handled in: its span, or (with the `opentelemetry` feature) the
+/// received context of a trace not sampled.
+pub(crate) struct Scope {
+    span: Span,
     #[cfg(feature = "opentelemetry")]
-    otel::join(&span, headers);
-    #[cfg(not(feature = "opentelemetry"))]
-    let _ = headers;
-    span
+    unsampled: Option<opentelemetry::Context>,
+}
+
+/// Runs a future in a [`Scope`], as `tracing::Instrument` runs one in a span.
+pub(crate) trait InScope: std::future::Future + Sized {
+    /// Runs `self` in `scope`'s span, or in its received context.
+    fn in_scope(self, scope: Scope) -> impl std::future::Future<Output = Self::Output> {
+        scope.wrap(self)
+    }
+}
+
+impl<F: std::future::Future> InScope for F {}
+
+impl Scope {
+    fn wrap<F: std::future::Future>(self, fut: F) -> impl std::future::Future<Output = F::Output> {
+        use tracing::Instrument;
+        #[cfg(feature = "opentelemetry")]
+        {
+            use futures::future::Either;
+            use opentelemetry::context::FutureExt;
+            match self.unsampled {
+                Some(cx) => Either::Left(fut.with_context(cx)),
+                None => Either::Right(fut.instrument(self.span)),
+            }
+        }
+        #[cfg(not(feature = "opentelemetry"))]
+        fut.instrument(self.span)
+    }
+}
+
+/// A count or a sequence as the signed integer OpenTelemetry attributes hold.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(feature = "opentelemetry")]
 mod otel {
     use std::str::FromStr;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_nats::HeaderMap;
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
+    use opentelemetry::{KeyValue, Value};
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use super::{header, TraceContext, TRACEPARENT, TRACESTATE};
+    use super::{header, Attr, TraceContext, TRACEPARENT, TRACESTATE};
 
     /// The context of `span` as W3C headers, if it belongs to an OpenTelemetry trace.
     pub(super) fn context_of(span: &Span) -> Option<TraceContext> {
         let cx = span.context();
         let s = cx.span();
         let sc = s.span_context();
-        if !sc.is_valid() {
-            return None;
-        }
+        sc.is_valid().then(|| headers_of(sc))
+    }
+
+    /// `sc` as W3C headers.
+    fn headers_of(sc: &SpanContext) -> TraceContext {
         let state = sc.trace_state().header();
-        Some(TraceContext {
+        TraceContext {
             traceparent: Some(format!(
                 "00-{}-{}-{:02x}",
                 sc.trace_id(),
@@ -166,7 +308,30 @@ mod otel {
                 sc.trace_flags().to_u8()
             )),
             tracestate: (!state.is_empty()).then_some(state),
-        })
+        }
+    }
+
+    /// Sets `attrs` on the OpenTelemetry span of `span` if it records; false when no
+    /// OpenTelemetry layer tracks `span`.
+    pub(super) fn describe(span: &Span, attrs: &[(&'static str, Attr<'_>)]) -> bool {
+        let cx = span.context();
+        let otel = cx.span();
+        let tracked = otel.span_context().is_valid();
+        LAYER_SEEN.store(tracked, Ordering::Relaxed);
+        if !tracked {
+            return false;
+        }
+        if otel.is_recording() {
+            otel.set_attributes(attrs.iter().map(|(name, value)| {
+                let value = match value {
+                    Attr::Static(v) => Value::from(*v),
+                    Attr::Str(v) => Value::from(v.to_string()),
+                    Attr::Template(t) => Value::from(t.to_string()),
+                };
+                KeyValue::new(*name, value)
+            }));
+        }
+        true
     }
 
     /// A `traceparent` (version 00, or a later one read as 00) as a remote span context.
@@ -198,14 +363,55 @@ mod otel {
         sc.is_valid().then_some(sc)
     }
 
-    /// Makes the context `headers` carry the parent of `span`, and links to it.
-    pub(super) fn join(span: &Span, headers: &HeaderMap) {
-        let Some(tp) = header(headers, TRACEPARENT) else {
-            return;
-        };
-        let Some(sc) = parse(tp, header(headers, TRACESTATE)) else {
-            return;
-        };
+    /// The span context `headers` carry, if valid.
+    pub(super) fn received(headers: &HeaderMap) -> Option<SpanContext> {
+        parse(header(headers, TRACEPARENT)?, header(headers, TRACESTATE))
+    }
+
+    /// Whether the last span eventbus made that a subscriber enabled was tracked by an
+    /// OpenTelemetry layer: the subscriber of a service does not change, so this says whether
+    /// it has one, without making a span to find out.
+    static LAYER_SEEN: AtomicBool = AtomicBool::new(false);
+
+    /// The received context of a delivery whose trace is not sampled, when an OpenTelemetry
+    /// layer would record its span (and so drop it): handled in that context, without a span.
+    pub(super) fn unsampled(received: Option<&SpanContext>) -> Option<opentelemetry::Context> {
+        let sc = received?;
+        if sc.is_sampled()
+            || !LAYER_SEEN.load(Ordering::Relaxed)
+            || !tracing::span_enabled!(target: "eventbus::dispatch", tracing::Level::INFO)
+        {
+            return None;
+        }
+        Some(opentelemetry::Context::new().with_remote_span_context(sc.clone()))
+    }
+
+    /// Whether a publish now belongs to a trace not sampled (the current OpenTelemetry
+    /// context's), while an OpenTelemetry layer records eventbus's spans: its span would be
+    /// dropped.
+    pub(super) fn in_unsampled_trace() -> bool {
+        if !LAYER_SEEN.load(Ordering::Relaxed) {
+            return false;
+        }
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid()
+            && !sc.is_sampled()
+            && tracing::span_enabled!(target: "eventbus::publish", tracing::Level::INFO)
+    }
+
+    /// The current OpenTelemetry context as W3C headers, if it is a trace not sampled (the
+    /// one a publish made no span in).
+    pub(super) fn current_unsampled() -> Option<TraceContext> {
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.is_valid() && !sc.is_sampled()).then(|| headers_of(sc))
+    }
+
+    /// Makes `sc`, the context the event carries, the parent of `span`, and links to it.
+    pub(super) fn join(span: &Span, sc: SpanContext) {
         let parent = opentelemetry::Context::new().with_remote_span_context(sc.clone());
         // Fails only when no OpenTelemetry layer records this span: nothing to join then.
         let _ = span.set_parent(parent);
@@ -246,7 +452,16 @@ mod otel {
 
 #[cfg(test)]
 mod tests {
-    use super::Template;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Arc, Mutex};
+
+    use async_nats::HeaderMap;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::Layer;
+
+    use super::{process_span, publish_span, Process, Template};
 
     #[test]
     fn templates_put_id_in_the_aggregate_id_token() {
@@ -254,5 +469,89 @@ mod tests {
         assert_eq!(t("order.*.created"), "order.{id}.created");
         assert_eq!(t("order.*.*"), "order.{id}.*");
         assert_eq!(t("order.>"), "order.>");
+    }
+
+    /// Each span's fields with a value, by span name.
+    #[derive(Clone, Default)]
+    struct Fields(Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>);
+
+    struct Collect<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Collect<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(
+                field.name().to_owned(),
+                format!("{value:?}").replace('"', ""),
+            );
+        }
+    }
+
+    impl<S> Layer<S> for Fields
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let name = ctx.span(id).expect("span").name().to_owned();
+            let mut all = self.0.lock().expect("fields");
+            attrs.record(&mut Collect(all.entry(name).or_default()));
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+            let name = ctx.span(id).expect("span").name().to_owned();
+            let mut all = self.0.lock().expect("fields");
+            values.record(&mut Collect(all.entry(name).or_default()));
+        }
+    }
+
+    #[test]
+    fn with_tracing_alone_spans_carry_every_attribute_as_a_field() {
+        let fields = Fields::default();
+        let subscriber = tracing_subscriber::registry().with(fields.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            drop(publish_span("order.*.created"));
+            let process = Process {
+                handler: "bill",
+                filter: "order.*.created",
+                consumer: "billing-bill",
+                stream: "ORDER",
+                subject: "order.42.created",
+                stream_sequence: 7,
+                delivered: 2,
+            };
+            drop(process_span(&process, &HeaderMap::new()));
+        });
+        let all = fields.0.lock().expect("fields");
+        let names = |span: &str| all[span].keys().cloned().collect::<BTreeSet<_>>();
+        let common = [
+            "otel.name",
+            "otel.kind",
+            "messaging.system",
+            "messaging.operation.name",
+            "messaging.operation.type",
+            "messaging.destination.template",
+        ];
+        let publish: BTreeSet<String> = common.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names("publish"), publish);
+        let process: BTreeSet<String> = common
+            .iter()
+            .chain(&[
+                "messaging.destination.name",
+                "messaging.consumer.group.name",
+                "messaging.nats.stream",
+                "messaging.nats.message.stream_sequence",
+                "messaging.nats.message.delivery_count",
+                "handler",
+            ])
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(names("process"), process);
+        let p = &all["process"];
+        assert_eq!(p["otel.name"], "process order.{id}.created");
+        assert_eq!(p["messaging.system"], "nats");
+        assert_eq!(p["messaging.operation.type"], "process");
+        assert_eq!(p["messaging.destination.template"], "order.{id}.created");
+        assert_eq!(p["messaging.consumer.group.name"], "billing-bill");
+        assert_eq!(p["messaging.nats.message.delivery_count"], "2");
+        assert_eq!(all["publish"]["messaging.operation.name"], "publish");
     }
 }

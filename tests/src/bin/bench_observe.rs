@@ -14,6 +14,10 @@
 //! the metric handles a bus registers stay bound to the recorder that was there when it
 //! registered them.
 //!
+//! The backlog is published first, as a traced producer publishes: each event in a trace of
+//! its own, carrying its `traceparent` (sampled or not, as the sampler decided), so the "on"
+//! consumers join those traces as a service downstream of a traced one does.
+//!
 //! Per round, in alternating order: `publish_all` of the pipelined events, `publish` of the
 //! awaited events one after the other, and a do-nothing handler consuming the whole backlog
 //! on a fresh durable consumer. It prints each part's rates and this process's CPU time per
@@ -21,10 +25,13 @@
 //! over all rounds (1.0: no cost; 0.95: on takes 5 % longer) and the same ratio of CPU time.
 //!
 //! `BENCH_ON=metrics` or `BENCH_ON=tracing` turns on only that one in the "on" parts, to see
-//! which costs what; `BENCH_SAMPLE=0.1` records that share of traces (parent-based, by trace
-//! id), as production tracing samples; `BENCH_LAYER=none` records the spans with
-//! `tracing-subscriber`'s registry alone (no OpenTelemetry layer). Wall times on a shared machine drift: compare the
-//! medians and the CPU times, over several rounds.
+//! which costs what; `BENCH_SAMPLE=0.01` records that share of traces (parent-based, by trace
+//! id: the root publishes decide, the deliveries follow their `traceparent`), as production
+//! tracing samples; `BENCH_LAYER=none` records the spans with `tracing-subscriber`'s registry
+//! alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a layer that takes no timings at
+//! each poll and adds no thread or source location; `BENCH_LEVEL` (default `info`, as a
+//! service's filter) says which levels are recorded. Wall times on a shared machine drift:
+//! compare the medians and the CPU times, over several rounds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -61,16 +68,19 @@ impl opentelemetry_sdk::trace::SpanExporter for Discard {
     }
 }
 
-/// CPU time (user + system) this process used so far, from `/proc/self/stat`.
+/// CPU time this process's threads used so far, in nanoseconds: the sum of each live thread's
+/// `/proc/self/task/*/schedstat` (`/proc/self/stat` counts in 10 ms ticks, too coarse for a
+/// part of 2000 publishes). The bench's threads (the runtime's and the span exporter's) live
+/// until the end, so none is left out.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// Wall and CPU time of one part.
@@ -205,13 +215,31 @@ async fn main() {
             ),
         )))
         .build();
+    // The levels recorded, as a service's filter says (`RUST_LOG=info`): BENCH_LEVEL, default
+    // info; `trace` records the debug and trace events of async-nats too.
+    let level: tracing_subscriber::filter::LevelFilter = std::env::var("BENCH_LEVEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(level);
     // BENCH_LAYER=none: spans recorded by the registry alone, no OpenTelemetry layer.
     let tracing = if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "none") {
-        tracing::Dispatch::new(tracing_subscriber::registry())
+        tracing::Dispatch::new(registry)
+    } else if std::env::var("BENCH_LAYER").is_ok_and(|v| v == "lean") {
+        // BENCH_LAYER=lean: the layer without the timings it takes at each poll and the
+        // thread and source location it adds to each span.
+        tracing::Dispatch::new(
+            registry.with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("bench"))
+                    .with_tracked_inactivity(false)
+                    .with_threads(false)
+                    .with_location(false),
+            ),
+        )
     } else {
         tracing::Dispatch::new(
-            tracing_subscriber::registry()
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+            registry.with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
         )
     };
 
@@ -226,10 +254,19 @@ async fn main() {
     };
     let pick = |on: bool| if on { &on_bus } else { &off_bus };
     let mut from = 0;
-    // The backlog the consumers read.
-    for r in off_bus.publish_all(&ticks(backlog, 0)).await {
-        r.expect("stored");
+    // The backlog the consumers read, published as a traced producer does: each event in a
+    // trace of its own (sampled as BENCH_SAMPLE says), its `traceparent` in its headers. Both
+    // parts consume it; only "on" reads the trace context.
+    {
+        let _tracing = tracing::dispatcher::set_default(&tracing);
+        tracing::callsite::rebuild_interest_cache();
+        for chunk in ticks(backlog, 0).chunks(1000) {
+            for r in futures::future::join_all(chunk.iter().map(|e| on_bus.publish(e))).await {
+                r.expect("stored");
+            }
+        }
     }
+    tracing::callsite::rebuild_interest_cache();
     println!(
         "backlog: {backlog} events on nats-server {:?}",
         server.version()
@@ -272,9 +309,9 @@ async fn main() {
                 "round {r} {:<11}: off {:>7.0} ev/s {:>5.1} cpu µs/ev, on {:>7.0} ev/s {:>5.1} cpu µs/ev, ratio {ratio:.3}",
                 names[i],
                 n as f64 / off.wall.as_secs_f64(),
-                off.cpu.as_micros() as f64 / n as f64,
+                off.cpu.as_secs_f64() * 1e6 / n as f64,
                 n as f64 / on.wall.as_secs_f64(),
-                on.cpu.as_micros() as f64 / n as f64,
+                on.cpu.as_secs_f64() * 1e6 / n as f64,
             );
         }
     }

@@ -1,0 +1,209 @@
+//! Traces not sampled (README, "What it costs"): with an OpenTelemetry layer and a parent-based
+//! sampler, a delivery whose trace is not sampled is handled without a `process` span, and what
+//! its handler publishes stays in that trace, not sampled either; a sampled trace next to it is
+//! recorded whole. On a real server and on the in-process broker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventbus::prelude::*;
+use eventbus_tests::{wait_for, NatsServer};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+/// How long any one condition may take to come true.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "smp_order", name = "placed")]
+struct OrderPlaced {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
+#[event(aggregate = "smp_invoice", name = "issued")]
+struct InvoiceIssued {
+    #[event(aggregate_id)]
+    id: String,
+}
+
+/// The back service's handler: bills an order, publishing on.
+#[event_handler]
+async fn smp_bill(event: OrderPlaced, ctx: EventContext) -> Result<(), HandlerError> {
+    ctx.publish(&InvoiceIssued {
+        id: format!("inv-{}", event.id),
+    })
+    .await?;
+    Ok(())
+}
+
+/// Counts the `tracing` spans made, by name.
+#[derive(Clone, Default)]
+struct Made(Arc<Mutex<HashMap<String, usize>>>);
+
+impl<S> Layer<S> for Made
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: Context<'_, S>,
+    ) {
+        *self
+            .0
+            .lock()
+            .expect("made")
+            .entry(attrs.metadata().name().to_owned())
+            .or_default() += 1;
+    }
+}
+
+/// A remote context of a new trace, sampled or not, as an upstream service would send it.
+fn upstream(sampled: bool, n: u8) -> opentelemetry::Context {
+    let sc = SpanContext::new(
+        TraceId::from_bytes([n; 16]),
+        SpanId::from_bytes([n; 8]),
+        if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        },
+        true,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(sc)
+}
+
+/// The traceparent the stored invoice of order `id` carries.
+async fn invoice_traceparent(bus: &eventbus::Bus, id: &str) -> String {
+    let aggregate = format!("inv-{id}");
+    let invoice = wait_for(TIMEOUT, format!("the invoice of {id} stored"), || {
+        let bus = bus.clone();
+        let aggregate = aggregate.clone();
+        async move {
+            let read = bus.read::<InvoiceIssued>(&aggregate).collect().await.ok()?;
+            read.into_iter().next()
+        }
+    })
+    .await;
+    invoice
+        .metadata
+        .traceparent
+        .clone()
+        .expect("the invoice carries a traceparent")
+}
+
+async fn a_trace_not_sampled_makes_no_span(url: &str) {
+    use opentelemetry::context::FutureExt;
+
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOn,
+        )))
+        .build();
+    let made = Made::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sampling-test")))
+        .with(made.clone());
+    // The test's runtime has one thread: every task of both buses sees this subscriber.
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let back = eventbus::builder()
+        .no_env()
+        .url(url)
+        .service("smp-back")
+        .only_handlers(["smp_bill"])
+        .start()
+        .await
+        .expect("the back service starts");
+    let front = eventbus_tests::publisher(url, "smp-front").await;
+
+    // Not sampled upstream: the front's publish, the handling and the invoice's publish drop it.
+    let dropped = upstream(false, 1);
+    front
+        .publish(&OrderPlaced { id: "o1".into() })
+        .with_context(dropped.clone())
+        .await
+        .unwrap();
+    let traceparent = invoice_traceparent(&front, "o1").await;
+    let trace = dropped.span().span_context().trace_id();
+    assert!(
+        traceparent.starts_with(&format!("00-{trace}-")) && traceparent.ends_with("-00"),
+        "the invoice stays in the trace, not sampled: {traceparent}"
+    );
+    assert_eq!(
+        made.0.lock().expect("made").get("process"),
+        None,
+        "no span for a delivery of a trace not sampled"
+    );
+
+    // Sampled upstream: recorded whole, parent to child.
+    let kept = upstream(true, 2);
+    front
+        .publish(&OrderPlaced { id: "o2".into() })
+        .with_context(kept.clone())
+        .await
+        .unwrap();
+    let traceparent = invoice_traceparent(&front, "o2").await;
+    let trace = kept.span().span_context().trace_id();
+    assert!(
+        traceparent.starts_with(&format!("00-{trace}-")) && traceparent.ends_with("-01"),
+        "the invoice is in the sampled trace: {traceparent}"
+    );
+    let spans = wait_for(TIMEOUT, "the sampled trace's spans exported", || {
+        let exporter = exporter.clone();
+        async move {
+            let spans = exporter.get_finished_spans().ok()?;
+            (spans.len() >= 3).then_some(spans)
+        }
+    })
+    .await;
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "process smp_order.{id}.placed",
+            "publish smp_invoice.{id}.issued",
+            "publish smp_order.{id}.placed",
+        ],
+        "the sampled trace only, whole"
+    );
+    let span = |name: &str| spans.iter().find(|s| s.name == name).expect("exported");
+    for s in &spans {
+        assert_eq!(s.span_context.trace_id(), trace, "{} in the trace", s.name);
+    }
+    let process = span("process smp_order.{id}.placed");
+    assert_eq!(
+        process.parent_span_id,
+        span("publish smp_order.{id}.placed").span_context.span_id()
+    );
+    assert_eq!(
+        span("publish smp_invoice.{id}.issued").parent_span_id,
+        process.span_context.span_id()
+    );
+    assert_eq!(made.0.lock().expect("made").get("process"), Some(&1));
+
+    front.shutdown().await.unwrap();
+    back.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_trace_not_sampled_makes_no_span_on_nats() {
+    let server = NatsServer::start().await;
+    a_trace_not_sampled_makes_no_span(&server.url()).await;
+}
+
+#[tokio::test]
+async fn a_trace_not_sampled_makes_no_span_in_process() {
+    a_trace_not_sampled_makes_no_span("memory://sampling").await;
+}
