@@ -31,7 +31,8 @@
 //! ratios (1.0: as fast as raw; the target is 0.9 or more). Many short rounds rather than a few
 //! long ones: on a shared machine the speed drifts, and parts close in time meet the same
 //! drift. The CPU times show what eventbus itself adds. With `--features mimalloc` both run
-//! with mimalloc as the global allocator.
+//! with mimalloc as the global allocator. `BENCH_ONLY=256` (any part of a mode's name) runs
+//! only the modes whose name holds it.
 
 use std::collections::VecDeque;
 use std::future::Future;
