@@ -185,6 +185,11 @@ impl Publisher {
         let d = event.descriptor();
         let span = trace::publish_span(d.subject_pattern);
         let trace = trace::outgoing(&span, carried(options));
+        let span = if trace::sampled_out(&span, &trace) {
+            tracing::Span::none()
+        } else {
+            span
+        };
         let mut opts = encode_options(&self.inner.service, options, Some(&trace));
         let encoded = encode(event, &opts)?;
         span.record("messaging.destination.name", encoded.subject.as_str());

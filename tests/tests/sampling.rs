@@ -207,3 +207,66 @@ async fn a_trace_not_sampled_makes_no_span_on_nats() {
 async fn a_trace_not_sampled_makes_no_span_in_process() {
     a_trace_not_sampled_makes_no_span("memory://sampling").await;
 }
+
+/// A publish with no trace around it starts one; when the sampler drops it, the event still
+/// carries that trace, not sampled, and so does everything handled and published after it,
+/// with no span exported and none made for the delivery.
+async fn a_publish_that_starts_a_trace_not_sampled_writes_it_on(url: &str) {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOff,
+        )))
+        .build();
+    let made = Made::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sampling-test")))
+        .with(made.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let back = eventbus::builder()
+        .no_env()
+        .url(url)
+        .service("smp-back")
+        .only_handlers(["smp_bill"])
+        .start()
+        .await
+        .expect("the back service starts");
+    let front = eventbus_tests::publisher(url, "smp-front").await;
+    for id in ["r1", "r2"] {
+        front.publish(&OrderPlaced { id: id.into() }).await.unwrap();
+        let order = front
+            .read::<OrderPlaced>(id)
+            .collect()
+            .await
+            .unwrap()
+            .remove(0);
+        let started = order.metadata.traceparent.clone().expect("a traceparent");
+        let trace = started.split('-').nth(1).expect("a trace id").to_owned();
+        assert!(
+            started.ends_with("-00") && trace != "0".repeat(32),
+            "a trace of its own, not sampled: {started}"
+        );
+        let invoice = invoice_traceparent(&front, id).await;
+        assert!(
+            invoice.starts_with(&format!("00-{trace}-")) && invoice.ends_with("-00"),
+            "the invoice stays in that trace, not sampled: {invoice}"
+        );
+    }
+    assert_eq!(exporter.get_finished_spans().unwrap().len(), 0);
+    assert_eq!(made.0.lock().expect("made").get("process"), None);
+    front.shutdown().await.unwrap();
+    back.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_publish_that_starts_a_trace_not_sampled_writes_it_on_on_nats() {
+    let server = NatsServer::start().await;
+    a_publish_that_starts_a_trace_not_sampled_writes_it_on(&server.url()).await;
+}
+
+#[tokio::test]
+async fn a_publish_that_starts_a_trace_not_sampled_writes_it_on_in_process() {
+    a_publish_that_starts_a_trace_not_sampled_writes_it_on("memory://sampling-root").await;
+}

@@ -158,6 +158,27 @@ pub(crate) fn outgoing(span: &Span, carried: TraceContext) -> TraceContext {
     carried
 }
 
+/// Whether `span`, a publish's, is an OpenTelemetry span its sampler did not sample (`trace`
+/// is what [`outgoing`] made of it): a publish that started a trace, whose span the layer
+/// built only for the sampler to decide on. Its context is written on as it is; the send need
+/// not run in the span, which would be entered and left at every poll for nothing.
+pub(crate) fn sampled_out(span: &Span, trace: &TraceContext) -> bool {
+    #[cfg(feature = "opentelemetry")]
+    {
+        let flags = trace
+            .traceparent
+            .as_deref()
+            .and_then(|t| t.get(t.len().saturating_sub(2)..))
+            .and_then(|f| u8::from_str_radix(f, 16).ok());
+        !span.is_disabled() && otel::layer_seen() && flags.is_some_and(|f| f & 1 == 0)
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        let _ = (span, trace);
+        false
+    }
+}
+
 /// What a consumer's span is made from.
 pub(crate) struct Process<'a> {
     pub(crate) handler: &'a str,
@@ -384,6 +405,11 @@ mod otel {
             return None;
         }
         Some(opentelemetry::Context::new().with_remote_span_context(sc.clone()))
+    }
+
+    /// Whether an OpenTelemetry layer records eventbus's spans (see [`LAYER_SEEN`]).
+    pub(super) fn layer_seen() -> bool {
+        LAYER_SEEN.load(Ordering::Relaxed)
     }
 
     /// Whether a publish now belongs to a trace not sampled (the current OpenTelemetry
