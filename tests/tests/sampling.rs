@@ -1,7 +1,8 @@
 //! Traces not sampled (README, "What it costs"): with an OpenTelemetry layer and a parent-based
 //! sampler, a delivery whose trace is not sampled is handled without a `process` span, and what
 //! its handler publishes stays in that trace, not sampled either; a sampled trace next to it is
-//! recorded whole. On a real server and on the in-process broker.
+//! recorded whole; a publish that starts a trace its sampler drops writes that trace on, not
+//! sampled. On a real server and on the in-process broker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,45 @@ fn upstream(sampled: bool, n: u8) -> opentelemetry::Context {
     opentelemetry::Context::new().with_remote_span_context(sc)
 }
 
+/// Makes this thread's subscriber an OpenTelemetry layer whose tracer samples new traces with
+/// `root` (parent-based: a trace with a parent keeps its parent's decision) and exports to
+/// memory, and a layer that counts the spans made. The test's runtime has one thread: every
+/// task of the test's buses sees this subscriber while the guard lives.
+fn traced(
+    root: opentelemetry_sdk::trace::Sampler,
+) -> (
+    opentelemetry_sdk::trace::InMemorySpanExporter,
+    Made,
+    tracing::subscriber::DefaultGuard,
+) {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            root,
+        )))
+        .build();
+    let made = Made::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sampling-test")))
+        .with(made.clone());
+    (exporter, made, tracing::subscriber::set_default(subscriber))
+}
+
+/// The front service (publishes only) and the back service (bills orders, publishing
+/// invoices).
+async fn services(url: &str) -> (eventbus::Bus, eventbus::Bus) {
+    let back = eventbus::builder()
+        .no_env()
+        .url(url)
+        .service("smp-back")
+        .only_handlers(["smp_bill"])
+        .start()
+        .await
+        .expect("the back service starts");
+    (eventbus_tests::publisher(url, "smp-front").await, back)
+}
+
 /// The traceparent the stored invoice of order `id` carries.
 async fn invoice_traceparent(bus: &eventbus::Bus, id: &str) -> String {
     let aggregate = format!("inv-{id}");
@@ -103,29 +143,8 @@ async fn invoice_traceparent(bus: &eventbus::Bus, id: &str) -> String {
 async fn a_trace_not_sampled_makes_no_span(url: &str) {
     use opentelemetry::context::FutureExt;
 
-    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-            opentelemetry_sdk::trace::Sampler::AlwaysOn,
-        )))
-        .build();
-    let made = Made::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sampling-test")))
-        .with(made.clone());
-    // The test's runtime has one thread: every task of both buses sees this subscriber.
-    let _default = tracing::subscriber::set_default(subscriber);
-
-    let back = eventbus::builder()
-        .no_env()
-        .url(url)
-        .service("smp-back")
-        .only_handlers(["smp_bill"])
-        .start()
-        .await
-        .expect("the back service starts");
-    let front = eventbus_tests::publisher(url, "smp-front").await;
+    let (exporter, made, _default) = traced(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+    let (front, back) = services(url).await;
 
     // Not sampled upstream: the front's publish, the handling and the invoice's publish drop it.
     let dropped = upstream(false, 1);
@@ -212,28 +231,8 @@ async fn a_trace_not_sampled_makes_no_span_in_process() {
 /// carries that trace, not sampled, and so does everything handled and published after it,
 /// with no span exported and none made for the delivery.
 async fn a_publish_that_starts_a_trace_not_sampled_writes_it_on(url: &str) {
-    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-            opentelemetry_sdk::trace::Sampler::AlwaysOff,
-        )))
-        .build();
-    let made = Made::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sampling-test")))
-        .with(made.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
-
-    let back = eventbus::builder()
-        .no_env()
-        .url(url)
-        .service("smp-back")
-        .only_handlers(["smp_bill"])
-        .start()
-        .await
-        .expect("the back service starts");
-    let front = eventbus_tests::publisher(url, "smp-front").await;
+    let (exporter, made, _default) = traced(opentelemetry_sdk::trace::Sampler::AlwaysOff);
+    let (front, back) = services(url).await;
     for id in ["r1", "r2"] {
         front.publish(&OrderPlaced { id: id.into() }).await.unwrap();
         let order = front
