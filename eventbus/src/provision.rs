@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::IntoConsumerConfig;
 use async_nats::jetstream::{consumer, stream};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, StreamFigures};
 use crate::config::{
     AckPolicy, DeliverPolicy, Discard, ReplayPolicy, Retention, Storage, StreamOptions,
 };
@@ -221,10 +221,14 @@ pub(crate) struct StreamShape {
     pub(crate) sample: Vec<String>,
 }
 
-/// Looks at `stream`'s shape: its figures, and up to [`SAMPLE`] of its messages (by
-/// sequence, evenly spaced; deleted ones are left out).
-pub(crate) async fn stream_shape(backend: &Backend, stream: &str) -> Result<StreamShape, Error> {
-    let f = backend.stream_figures(stream).await?;
+/// Looks at `stream`'s shape, given its figures `f` (read by the caller, who has them
+/// already at each stats look): up to [`SAMPLE`] of its messages (by sequence, evenly spaced;
+/// deleted ones are left out).
+pub(crate) async fn stream_shape(
+    backend: &Backend,
+    stream: &str,
+    f: &StreamFigures,
+) -> Result<StreamShape, Error> {
     let n = SAMPLE.min(f.messages);
     let span = f.last_sequence.saturating_sub(f.first_sequence) + 1;
     let mut seqs: Vec<u64> = (0..n).map(|i| f.first_sequence + span * i / n).collect();
@@ -323,27 +327,6 @@ fn filter_pays(share: f64, subjects: u64, version: (u64, u64, u64)) -> bool {
     share < speed
 }
 
-/// Puts the handler's filters on its consumer `name`, or takes them off (`filtered`), keeping
-/// the rest of its configuration and its position.
-pub(crate) async fn refilter(
-    backend: &Backend,
-    stream_name: &str,
-    name: &str,
-    plan: &ConsumerPlan,
-    filtered: bool,
-) -> Result<(), Error> {
-    let want = consumer_config(plan, name, filtered);
-    let Some(mut have) = backend.consumer_config(stream_name, name).await? else {
-        return Ok(());
-    };
-    if have.filter_subject == want.filter_subject && have.filter_subjects == want.filter_subjects {
-        return Ok(());
-    }
-    have.filter_subject = want.filter_subject;
-    have.filter_subjects = want.filter_subjects;
-    backend.put_consumer(stream_name, have, true).await
-}
-
 /// The server-side configuration of a handler's consumer, with the handler's filters on the
 /// server or none (`filtered`, see [`filtered_on_server`]).
 ///
@@ -392,20 +375,23 @@ pub(crate) fn consumer_config(
     }
 }
 
-/// Creates or updates the durable consumer of a handler.
+/// Creates or updates consumer `name` of a handler (its durable one, `plan.name`; or, to put
+/// its filters on or take them off as the stream's shape asks, an instance's ephemeral one).
+/// The server keeps an updated consumer's position.
 pub(crate) async fn consumer(
     backend: &Backend,
     stream_name: &str,
     plan: &ConsumerPlan,
+    name: &str,
     filtered: bool,
 ) -> Result<(), Error> {
-    let want = consumer_config(plan, &plan.name, filtered);
-    let have = backend.consumer_config(stream_name, &plan.name).await?;
+    let want = consumer_config(plan, name, filtered);
+    let have = backend.consumer_config(stream_name, name).await?;
     let Some(have) = have else {
         backend
             .put_consumer(stream_name, want.into_consumer_config(), false)
             .await?;
-        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, takes = %plan.filters.join(","), "created consumer");
+        tracing::info!(target: "eventbus::provision", consumer = %name, stream = %stream_name, takes = %plan.filters.join(","), "created consumer");
         return Ok(());
     };
     let mut fixed = Vec::new();
@@ -431,11 +417,9 @@ pub(crate) async fn consumer(
         return Err(Error::new(
             ErrorKind::Incompatible,
             format!(
-                "consumer `{}` of handler `{}` on stream `{stream_name}`: {}; these cannot change on an existing consumer: configure what the server has, give the handler a new durable name (`durable = \"...\"`, it then starts from its deliver policy), or delete the consumer (`nats consumer rm {stream_name} {}`) so it is created anew",
-                plan.name,
+                "consumer `{name}` of handler `{}` on stream `{stream_name}`: {}; these cannot change on an existing consumer: configure what the server has, give the handler a new durable name (`durable = \"...\"`, it then starts from its deliver policy), or delete the consumer (`nats consumer rm {stream_name} {name}`) so it is created anew",
                 plan.handler,
                 fixed.join(", "),
-                plan.name
             ),
         ));
     }
@@ -452,7 +436,7 @@ pub(crate) async fn consumer(
         update.max_deliver = want.max_deliver;
         update.description = want.description.clone();
         backend.put_consumer(stream_name, update, true).await?;
-        tracing::info!(target: "eventbus::provision", consumer = %plan.name, stream = %stream_name, "updated consumer");
+        tracing::info!(target: "eventbus::provision", consumer = %name, stream = %stream_name, "updated consumer");
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use crate::backend::{Backend, ConnectionState};
+use crate::backend::{Backend, ConnectionState, StreamFigures};
 use crate::error::Error;
 use crate::observe::metrics::{self, HandlerMetrics};
 use crate::provision::{self, StreamShape};
@@ -59,6 +59,20 @@ pub struct StreamStats {
     /// The distinct subjects holding messages (on an aggregate's stream, about the number of
     /// aggregate ids times the event types each has).
     pub subjects: u64,
+}
+
+impl StreamStats {
+    /// The backend's figures these were made from.
+    fn figures(&self) -> StreamFigures {
+        StreamFigures {
+            messages: self.messages,
+            bytes: self.bytes,
+            first_sequence: self.first_sequence,
+            last_sequence: self.last_sequence,
+            consumers: self.consumers,
+            subjects: self.subjects,
+        }
+    }
 }
 
 /// One handler's consumer, as the server reports it, and what this process acknowledged.
@@ -266,9 +280,10 @@ impl Sources {
             let Some((plan, now)) = &w.refilter else {
                 continue;
             };
-            let Some(subjects) = stats.stream(&w.stream).map(|s| s.subjects) else {
+            let Some(s) = stats.stream(&w.stream) else {
                 continue;
             };
+            let subjects = s.subjects;
             let cached = self
                 .shapes
                 .lock()
@@ -282,7 +297,7 @@ impl Sources {
                     shape.subjects = subjects;
                     shape
                 }
-                _ => match provision::stream_shape(&self.backend, &w.stream).await {
+                _ => match provision::stream_shape(&self.backend, &w.stream, &s.figures()).await {
                     Ok(shape) => {
                         let mut shapes = self.shapes.lock().expect("stats lock");
                         shapes.insert(w.stream.clone(), shape.clone());
@@ -298,7 +313,7 @@ impl Sources {
             if want == now.load(Ordering::Relaxed) {
                 continue;
             }
-            match provision::refilter(&self.backend, &w.stream, &w.consumer, plan, want).await {
+            match provision::consumer(&self.backend, &w.stream, plan, &w.consumer, want).await {
                 Ok(()) => {
                     now.store(want, Ordering::Relaxed);
                     tracing::info!(target: "eventbus::dispatch", handler = %w.handler, consumer = %w.consumer, subjects = shape.subjects, filtered = want, "the stream's shape changed how the consumer reads it best");

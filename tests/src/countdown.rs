@@ -1,4 +1,5 @@
-//! A countdown a benchmark's handler ticks and its timed part waits for.
+//! What the benchmarks share: a countdown a handler ticks and the timed part waits for, and
+//! the median of per-round figures.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -45,4 +46,10 @@ impl Default for Countdown {
     fn default() -> Self {
         Countdown::new()
     }
+}
+
+/// The median of a benchmark's per-round figures (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
 }

@@ -37,7 +37,7 @@ mod wait;
 pub use asyncapi::{validate_asyncapi, ASYNCAPI_ENV};
 pub use bus::{publisher, store_backlog};
 pub use cluster::NatsCluster;
-pub use countdown::Countdown;
+pub use countdown::{median, Countdown};
 pub use probe::Probe;
 pub use retries::Retries;
 pub use server::{

@@ -116,11 +116,6 @@ impl Backend {
         })
     }
 
-    /// Whether this is the in-process broker.
-    pub(crate) fn in_process(&self) -> bool {
-        matches!(self, Backend::Memory(_))
-    }
-
     /// The server's version; the in-process broker has every feature, so it counts as newest.
     pub(crate) fn server_version(&self) -> (u64, u64, u64) {
         match self {

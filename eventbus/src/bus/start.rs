@@ -83,13 +83,17 @@ impl Builder {
         // (`provision::filtered_on_server`); the in-process broker has no slow path.
         let version = backend.server_version();
         let mut shapes = HashMap::new();
-        if !backend.in_process() {
+        if backend.broker().is_none() {
             for c in &topology.consumers {
                 let stream = stream_of(c);
                 if provision::adapts(c, &stream) && !shapes.contains_key(&stream) {
                     // Not knowing it (no permission to read messages, say) is no reason not
                     // to start: the consumer then reads the whole stream, as it always could.
-                    match provision::stream_shape(&backend, &stream).await {
+                    let shape = match backend.stream_figures(&stream).await {
+                        Ok(f) => provision::stream_shape(&backend, &stream, &f).await,
+                        Err(e) => Err(e),
+                    };
+                    match shape {
                         Ok(shape) => {
                             shapes.insert(stream, shape);
                         }
@@ -110,8 +114,9 @@ impl Builder {
             let stream = stream_of(c);
             let on_server = filtered(c, &stream);
             let backend = &backend;
-            provisions
-                .push(async move { provision::consumer(backend, &stream, c, on_server).await });
+            provisions.push(async move {
+                provision::consumer(backend, &stream, c, &c.name, on_server).await
+            });
         }
         let mut problems = Vec::new();
         let mut provisioned = futures::StreamExt::buffered(futures::stream::iter(provisions), 16);
@@ -167,7 +172,7 @@ impl Builder {
                 metrics.clone(),
                 repull.clone(),
             );
-            if !backend.in_process() && provision::adapts(plan, &stream_name) {
+            if backend.broker().is_none() && provision::adapts(plan, &stream_name) {
                 watch = watch.refiltered(plan.clone(), on_server);
             }
             watched.push(watch);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 use eventbus::prelude::*;
 use eventbus::ConsumerOptions;
-use eventbus_tests::{Countdown, NatsServer};
+use eventbus_tests::{median, Countdown, NatsServer};
 use futures::StreamExt;
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
@@ -160,11 +160,6 @@ async fn backlog(js: &jetstream::Context, ids: usize, per: usize, types: usize) 
     });
     eventbus_tests::store_backlog(js, encoded).await;
     (total, total.div_ceil(types))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    v[v.len() / 2]
 }
 
 async fn run_on(binary: Option<String>, max_events: usize) {

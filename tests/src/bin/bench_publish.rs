@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use eventbus::__private::{encode, EncodeOptions, EncodedEvent};
 use eventbus::prelude::*;
-use eventbus_tests::NatsServer;
+use eventbus_tests::{median, NatsServer};
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone)]
 #[event(aggregate = "bench_pub", name = "tick")]
@@ -281,11 +281,6 @@ async fn measure(
         server_cpu: cpu_time(server) - s0,
         client_cpu: cpu_time(std::process::id()) - c0,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    v[v.len() / 2]
 }
 
 fn report(mode: &str, round: usize, n: usize, raw: Run, eb: Run) -> f64 {
