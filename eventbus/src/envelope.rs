@@ -225,84 +225,130 @@ pub(crate) fn encode_at<E: EventSet>(
     opts: &EncodeOptions<'_>,
     time: Option<OffsetDateTime>,
 ) -> Result<EncodedEvent, Error> {
-    let subject = event.event_subject()?;
-    let d = event.descriptor();
-    let payload = event.to_json().map_err(|e| {
-        Error::new(
-            ErrorKind::Encode,
-            format!("cannot serialize `{}` event `{}`", d.aggregate, d.name),
-        )
-        .with_source(e)
-    })?;
-    let id = match opts.id {
-        Some(id) => {
-            check_value(headers::ID, id)?;
-            id.to_owned()
-        }
-        None => new_event_id(),
-    };
-    check_value(headers::SOURCE, opts.source)?;
-    let correlation_id = opts.correlation_id.unwrap_or(&id);
-    check_value(headers::CORRELATION_ID, correlation_id)?;
-    let mut h = sized_header_map();
-    if let Some(extra) = opts.extra_headers {
-        for (name, values) in extra.iter() {
-            let n: &str = name.as_ref();
-            // Compared as readers compare them: in any case.
-            if ce_attribute(n).is_some()
-                || n.eq_ignore_ascii_case(headers::MSG_ID)
-                || n.eq_ignore_ascii_case(headers::CONTENT_TYPE)
-            {
-                return Err(Error::new(
-                    ErrorKind::Encode,
-                    format!(
-                        "header `{n}` is set by eventbus and cannot be given as an extra header"
-                    ),
-                ));
-            }
-            for v in values {
-                h.append(name.clone(), v.clone());
-            }
-        }
-    }
-    let time = time.unwrap_or_else(OffsetDateTime::now_utc);
-    h.insert(names::SPECVERSION.clone(), SPEC_VERSION);
-    h.insert(names::ID.clone(), id.as_str());
-    h.insert(names::MSG_ID.clone(), id.as_str());
-    // `ce-*` values are percent-encoded as the binding asks (`Nats-Msg-Id` is NATS's own
-    // header and stays as it is); a value with nothing to encode is not copied.
-    if let Cow::Owned(encoded) = percent_encode(&id) {
-        h.insert(names::ID.clone(), encoded);
-    }
-    h.insert(names::SOURCE.clone(), percent_encode(opts.source).as_ref());
-    h.insert(names::TYPE.clone(), d.cloud_event_type());
-    // Checked by `event_subject`: one subject token, so no line break.
-    h.insert(names::SUBJECT.clone(), percent_encode(&event.id()).as_ref());
-    h.insert(names::TIME.clone(), format_time(time));
-    h.insert(names::CONTENT_TYPE.clone(), JSON);
-    h.insert(
-        names::CORRELATION_ID.clone(),
-        percent_encode(correlation_id).as_ref(),
-    );
-    if let Some(c) = opts.causation_id {
-        check_value(headers::CAUSATION_ID, c)?;
-        h.insert(names::CAUSATION_ID.clone(), percent_encode(c).as_ref());
-    }
-    if let Some(t) = opts.traceparent {
-        check_value(headers::TRACEPARENT, t)?;
-        h.insert(names::TRACEPARENT.clone(), t);
-        if let Some(state) = opts.tracestate {
-            check_value(headers::TRACESTATE, state)?;
-            h.insert(names::TRACESTATE.clone(), state);
-        }
-    }
+    let body = Body::of(event)?;
+    let (id, time, headers) = body.headers(opts, time)?;
     Ok(EncodedEvent {
-        subject,
+        subject: body.subject,
         id,
         time,
-        headers: h,
-        payload: Bytes::from(payload),
+        headers,
+        payload: body.payload,
     })
+}
+
+/// What an event's message is made of besides its headers: made from the event once, it
+/// makes the headers, again if need be, without the event (`publish_all` off the runtime's
+/// worker threads hands it to a task of the runtime).
+#[derive(Debug, Clone)]
+pub(crate) struct Body {
+    /// Where it goes: `{aggregate}.{id}.{event}`.
+    pub(crate) subject: Subject,
+    /// Its type.
+    pub(crate) descriptor: &'static EventDescriptor,
+    /// The JSON body.
+    pub(crate) payload: Bytes,
+}
+
+impl Body {
+    /// The subject and body of `event`.
+    pub(crate) fn of<E: EventSet>(event: &E) -> Result<Body, Error> {
+        let subject = event.event_subject()?;
+        let d = event.descriptor();
+        let payload = event.to_json().map_err(|e| {
+            Error::new(
+                ErrorKind::Encode,
+                format!("cannot serialize `{}` event `{}`", d.aggregate, d.name),
+            )
+            .with_source(e)
+        })?;
+        Ok(Body {
+            subject,
+            descriptor: d,
+            payload: Bytes::from(payload),
+        })
+    }
+
+    /// The aggregate id: the subject's middle, between the aggregate and the event type (it
+    /// was checked to be one token when the subject was made).
+    fn aggregate_id(&self) -> &str {
+        let s = self.subject.as_str();
+        let (a, e) = (self.descriptor.aggregate.len(), self.descriptor.name.len());
+        s.get(a + 1..s.len().saturating_sub(e + 1)).unwrap_or(s)
+    }
+
+    /// The event's id, its `ce-time` (`time`, or now) and its headers.
+    pub(crate) fn headers(
+        &self,
+        opts: &EncodeOptions<'_>,
+        time: Option<OffsetDateTime>,
+    ) -> Result<(String, OffsetDateTime, HeaderMap), Error> {
+        let id = match opts.id {
+            Some(id) => {
+                check_value(headers::ID, id)?;
+                id.to_owned()
+            }
+            None => new_event_id(),
+        };
+        check_value(headers::SOURCE, opts.source)?;
+        let correlation_id = opts.correlation_id.unwrap_or(&id);
+        check_value(headers::CORRELATION_ID, correlation_id)?;
+        let mut h = sized_header_map();
+        if let Some(extra) = opts.extra_headers {
+            for (name, values) in extra.iter() {
+                let n: &str = name.as_ref();
+                // Compared as readers compare them: in any case.
+                if ce_attribute(n).is_some()
+                    || n.eq_ignore_ascii_case(headers::MSG_ID)
+                    || n.eq_ignore_ascii_case(headers::CONTENT_TYPE)
+                {
+                    return Err(Error::new(
+                        ErrorKind::Encode,
+                        format!(
+                            "header `{n}` is set by eventbus and cannot be given as an extra header"
+                        ),
+                    ));
+                }
+                for v in values {
+                    h.append(name.clone(), v.clone());
+                }
+            }
+        }
+        let time = time.unwrap_or_else(OffsetDateTime::now_utc);
+        h.insert(names::SPECVERSION.clone(), SPEC_VERSION);
+        h.insert(names::ID.clone(), id.as_str());
+        h.insert(names::MSG_ID.clone(), id.as_str());
+        // `ce-*` values are percent-encoded as the binding asks (`Nats-Msg-Id` is NATS's own
+        // header and stays as it is); a value with nothing to encode is not copied.
+        if let Cow::Owned(encoded) = percent_encode(&id) {
+            h.insert(names::ID.clone(), encoded);
+        }
+        h.insert(names::SOURCE.clone(), percent_encode(opts.source).as_ref());
+        h.insert(names::TYPE.clone(), self.descriptor.cloud_event_type());
+        // Checked by `event_subject`: one subject token, so no line break.
+        h.insert(
+            names::SUBJECT.clone(),
+            percent_encode(self.aggregate_id()).as_ref(),
+        );
+        h.insert(names::TIME.clone(), format_time(time));
+        h.insert(names::CONTENT_TYPE.clone(), JSON);
+        h.insert(
+            names::CORRELATION_ID.clone(),
+            percent_encode(correlation_id).as_ref(),
+        );
+        if let Some(c) = opts.causation_id {
+            check_value(headers::CAUSATION_ID, c)?;
+            h.insert(names::CAUSATION_ID.clone(), percent_encode(c).as_ref());
+        }
+        if let Some(t) = opts.traceparent {
+            check_value(headers::TRACEPARENT, t)?;
+            h.insert(names::TRACEPARENT.clone(), t);
+            if let Some(state) = opts.tracestate {
+                check_value(headers::TRACESTATE, state)?;
+                h.insert(names::TRACESTATE.clone(), state);
+            }
+        }
+        Ok((id, time, h))
+    }
 }
 
 /// How a received message carried its event.

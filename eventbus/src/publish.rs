@@ -12,13 +12,16 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::instrument::WithSubscriber;
 use tracing::Instrument;
 
 use crate::backend::{AckFuture, Backend};
 use crate::config::Config;
-use crate::envelope::{encode, encode_at, headers, EncodeOptions, EncodedEvent};
+use crate::envelope::{encode, encode_at, headers, Body, EncodeOptions, EncodedEvent};
 use crate::error::{Error, ErrorKind};
-use crate::event::EventSet;
+use crate::event::{EventDescriptor, EventSet};
 use crate::observe::metrics::{PublishMetrics, RAW};
 use crate::observe::trace::{self, TraceContext};
 
@@ -511,6 +514,10 @@ pub(crate) fn is_wrong_last_sequence(e: &async_nats::jetstream::context::Publish
 /// How many publishes `publish_all` keeps waiting for their acknowledgement at once.
 pub(crate) const PIPELINE_WINDOW: usize = 1024;
 
+/// How many events the caller of `publish_all` off the runtime's worker threads hands to the
+/// publishing task at once.
+const HANDOVER_CHUNK: usize = 256;
+
 impl Publisher {
     /// Publishes many events, pipelined (see `Bus::publish_all`): up to [`PIPELINE_WINDOW`]
     /// wait for their acknowledgement at once; one not acknowledged in time goes back into the
@@ -538,54 +545,185 @@ impl Publisher {
         let events = events.into_iter();
         // One trace for the whole call: the current span's (the events' own otherwise).
         let current = trace::outgoing(&tracing::Span::current(), TraceContext::default());
-        let mut run = PublishAll {
-            trace: current.traceparent.is_some().then_some(current),
-            publisher: self,
-            out: Vec::with_capacity(events.size_hint().0),
-            window: VecDeque::with_capacity(PIPELINE_WINDOW),
-            last_progress: Instant::now(),
-            stopped: None,
-            stream_exists: None,
-        };
-        for (index, (event, options)) in events.enumerate() {
-            run.out.push(None);
-            // A publish sent again stays in the window: settle until there is room.
-            while run.window.len() >= PIPELINE_WINDOW {
-                run.settle_front().await;
+        let trace = current.traceparent.is_some().then_some(current);
+        if off_the_workers() {
+            return self.publish_all_handed_over(events, trace).await;
+        }
+        let mut run = PublishAll::new(self, trace, events.size_hint().0);
+        for (index, event) in events.enumerate() {
+            run.push(index, Ok(event)).await;
+        }
+        run.finish().await
+    }
+
+    /// `publish_all` called off the runtime's worker threads (`#[tokio::main]`'s own thread,
+    /// a `block_on`): the caller makes each event's subject and body, and a task of the
+    /// runtime makes the headers, sends and waits for the acknowledgements. Sending from the
+    /// caller's thread, each message handed to the connection's task would wake a worker
+    /// thread, and the headers (most of a message's allocations) would be allocated on one
+    /// thread and freed on another; from a task, both happen where the connection's task
+    /// runs. Dropping the call stops the sending, as it does in a task.
+    async fn publish_all_handed_over<'a, E, I>(
+        &self,
+        events: I,
+        trace: Option<TraceContext>,
+    ) -> Vec<Result<Published, Error>>
+    where
+        E: EventSet + 'a,
+        I: Iterator<Item = (&'a E, &'a PublishOptions)>,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Result<Owned, Error>>>(
+            PIPELINE_WINDOW / HANDOVER_CHUNK,
+        );
+        let publisher = self.clone();
+        let expected = events.size_hint().0;
+        let run = async move {
+            let mut run = PublishAll::new(&publisher, trace, expected);
+            let mut index = 0;
+            while let Some(chunk) = rx.recv().await {
+                for event in chunk {
+                    run.push(index, event).await;
+                    index += 1;
+                }
             }
-            if let Some(why) = &run.stopped {
-                run.out[index] = Some(Err(not_sent(event, options, why)));
+            run.finish().await
+        };
+        // Its warnings go where the caller's would: its span, its subscriber.
+        let run = run
+            .instrument(tracing::Span::current())
+            .with_current_subscriber();
+        let mut task = AbortOnDropHandle::new(tokio::spawn(run));
+        let mut handed = 0;
+        let mut chunk = Vec::with_capacity(HANDOVER_CHUNK);
+        for (event, options) in events {
+            handed += 1;
+            if tx.is_closed() {
+                // The task ended early (the runtime is shutting down): count the rest.
                 continue;
             }
-            match encode(
-                event,
-                &encode_options(self.service(), options, run.trace.as_ref()),
-            ) {
-                Ok(m) => {
-                    run.send(index, event, options, m, Retry::default(), Instant::now())
-                        .await
-                }
-                Err(e) => run.out[index] = Some(Err(e)),
+            chunk.push(Body::of(event).map(|body| Owned {
+                body,
+                options: options.clone(),
+            }));
+            if chunk.len() == HANDOVER_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(HANDOVER_CHUNK));
+                // A send fails only once the task ended, which the join says how.
+                let _ = tx.send(full).await;
             }
         }
-        while !run.window.is_empty() {
-            run.settle_front().await;
+        if !chunk.is_empty() {
+            let _ = tx.send(chunk).await;
         }
-        run.out
-            .into_iter()
-            .map(|r| r.expect("every event has an outcome"))
-            .collect()
+        drop(tx);
+        match (&mut task).await {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => (0..handed)
+                .map(|_| {
+                    Err(Error::new(
+                        ErrorKind::Shutdown,
+                        "publish_all's task was stopped (the runtime is shutting down): its events may or may not be stored",
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Whether this runs off the worker threads of a multi-thread runtime (on `#[tokio::main]`'s
+/// own thread, in a `block_on`), not in a task.
+fn off_the_workers() -> bool {
+    tokio::task::try_id().is_none()
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// An event of `publish_all` as its window holds it until the server acknowledges it: what
+/// makes its message again, for a retry, and names it in errors.
+trait Outgoing {
+    /// The caller's options of its publish.
+    fn options(&self) -> &PublishOptions;
+    /// Its type.
+    fn descriptor(&self) -> &'static EventDescriptor;
+    /// Its subject, for errors (empty if it has none).
+    fn subject(&self) -> String;
+    /// Its message, at `time` (now when `None`).
+    fn encode(
+        &self,
+        opts: &EncodeOptions<'_>,
+        time: Option<OffsetDateTime>,
+    ) -> Result<EncodedEvent, Error>;
+}
+
+/// An event as the caller lent it: encoded again from the event.
+impl<E: EventSet> Outgoing for (&E, &PublishOptions) {
+    fn options(&self) -> &PublishOptions {
+        self.1
+    }
+
+    fn descriptor(&self) -> &'static EventDescriptor {
+        self.0.descriptor()
+    }
+
+    fn subject(&self) -> String {
+        self.0
+            .event_subject()
+            .map(|s| s.into_string())
+            .unwrap_or_default()
+    }
+
+    fn encode(
+        &self,
+        opts: &EncodeOptions<'_>,
+        time: Option<OffsetDateTime>,
+    ) -> Result<EncodedEvent, Error> {
+        encode_at(self.0, opts, time)
+    }
+}
+
+/// An event handed over to `publish_all`'s task: its subject and body made by the caller, its
+/// options its own.
+struct Owned {
+    body: Body,
+    options: PublishOptions,
+}
+
+impl Outgoing for Owned {
+    fn options(&self) -> &PublishOptions {
+        &self.options
+    }
+
+    fn descriptor(&self) -> &'static EventDescriptor {
+        self.body.descriptor
+    }
+
+    fn subject(&self) -> String {
+        self.body.subject.as_str().to_owned()
+    }
+
+    fn encode(
+        &self,
+        opts: &EncodeOptions<'_>,
+        time: Option<OffsetDateTime>,
+    ) -> Result<EncodedEvent, Error> {
+        let (id, time, headers) = self.body.headers(opts, time)?;
+        Ok(EncodedEvent {
+            subject: self.body.subject.clone(),
+            id,
+            time,
+            headers,
+            payload: self.body.payload.clone(),
+        })
     }
 }
 
 /// One event of `publish_all`, as sent. Its message went to the client as it was: should it be
-/// sent again, the event is encoded again with the same id and time.
-struct Sent<'a, E> {
+/// sent again, it is encoded again with the same id and time.
+struct Sent<O> {
     index: usize,
-    event: &'a E,
-    options: &'a PublishOptions,
+    event: O,
     id: String,
-    time: time::OffsetDateTime,
+    time: OffsetDateTime,
     /// Its attempts so far.
     retry: Retry,
     /// When it was first sent.
@@ -593,8 +731,8 @@ struct Sent<'a, E> {
 }
 
 /// A publish of `publish_all` waiting for its acknowledgement.
-struct InFlight<'a, E> {
-    sent: Sent<'a, E>,
+struct InFlight<O> {
+    sent: Sent<O>,
     /// When it was sent. Its acknowledgement is late `publish_timeout` after that (the
     /// client's own timeout starts only when its future is first awaited, which for the last
     /// of the window is long after the send).
@@ -603,12 +741,12 @@ struct InFlight<'a, E> {
 }
 
 /// The state of one `publish_all`.
-struct PublishAll<'b, 'a, E> {
+struct PublishAll<'b, O> {
     publisher: &'b Publisher,
     /// Each event's outcome, by index, once known.
     out: Vec<Option<Result<Published, Error>>>,
     /// The publishes waiting for their acknowledgement, oldest first.
-    window: VecDeque<InFlight<'a, E>>,
+    window: VecDeque<InFlight<O>>,
     /// When the server last answered.
     last_progress: Instant,
     /// Why sending stopped, once it did.
@@ -619,12 +757,70 @@ struct PublishAll<'b, 'a, E> {
     trace: Option<TraceContext>,
 }
 
-impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
+impl<'b, O: Outgoing> PublishAll<'b, O> {
+    fn new(publisher: &'b Publisher, trace: Option<TraceContext>, expected: usize) -> Self {
+        PublishAll {
+            trace,
+            publisher,
+            out: Vec::with_capacity(expected),
+            window: VecDeque::with_capacity(PIPELINE_WINDOW),
+            last_progress: Instant::now(),
+            stopped: None,
+            stream_exists: None,
+        }
+    }
+
+    /// Sends the event of index `index` (the next one), once the window has room; an event
+    /// that could not be encoded has that error as its outcome.
+    async fn push(&mut self, index: usize, event: Result<O, Error>) {
+        self.out.push(None);
+        // A publish sent again stays in the window: settle until there is room.
+        while self.window.len() >= PIPELINE_WINDOW {
+            self.settle_front().await;
+        }
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                self.out[index] = Some(Err(e));
+                return;
+            }
+        };
+        if let Some(why) = &self.stopped {
+            self.out[index] = Some(Err(not_sent(&event, why)));
+            return;
+        }
+        let encoded = event.encode(
+            &encode_options(
+                self.publisher.service(),
+                event.options(),
+                self.trace.as_ref(),
+            ),
+            None,
+        );
+        match encoded {
+            Ok(m) => {
+                self.send(index, event, m, Retry::default(), Instant::now())
+                    .await
+            }
+            Err(e) => self.out[index] = Some(Err(e)),
+        }
+    }
+
+    /// Waits for the publishes left in the window; every event's outcome.
+    async fn finish(mut self) -> Vec<Result<Published, Error>> {
+        while !self.window.is_empty() {
+            self.settle_front().await;
+        }
+        self.out
+            .into_iter()
+            .map(|r| r.expect("every event has an outcome"))
+            .collect()
+    }
+
     async fn send(
         &mut self,
         index: usize,
-        event: &'a E,
-        options: &'a PublishOptions,
+        event: O,
         m: EncodedEvent,
         retry: Retry,
         started: Instant,
@@ -638,7 +834,6 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             sent: Sent {
                 index,
                 event,
-                options,
                 id: m.id,
                 time: m.time,
                 retry,
@@ -677,11 +872,7 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
             }
             Err(e) => e,
         };
-        let subject = f
-            .event
-            .event_subject()
-            .map(|s| s.into_string())
-            .unwrap_or_default();
+        let subject = f.event.subject();
         let mut f = f;
         if self.stopped.is_some() {
             let e = if e.kind() == PublishErrorKind::StreamNotFound {
@@ -759,123 +950,44 @@ impl<'a, E: EventSet> PublishAll<'_, 'a, E> {
     }
 
     /// Records the failure of a publish of the window.
-    fn failed(&mut self, f: &Sent<'a, E>, result: Result<Published, Error>) {
+    fn failed(&mut self, f: &Sent<O>, result: Result<Published, Error>) {
         self.publisher
             .record(f.event.descriptor().cloud_type, f.started, &result);
         self.out[f.index] = Some(result);
     }
 
     /// Sends a publish again, encoded with its first id and time, at the back of the window.
-    async fn send_again(&mut self, mut f: Sent<'a, E>) {
-        let mut options = encode_options(self.publisher.service(), f.options, self.trace.as_ref());
+    async fn send_again(&mut self, mut f: Sent<O>) {
+        let mut options = encode_options(
+            self.publisher.service(),
+            f.event.options(),
+            self.trace.as_ref(),
+        );
         options.id = Some(&f.id);
-        match encode_at(f.event, &options, Some(f.time)) {
+        match f.event.encode(&options, Some(f.time)) {
             Ok(m) => {
                 if let Some(e) = f.retry.last.take() {
                     tracing::warn!(target: "eventbus::publish", id = %f.id, attempt = f.retry.sends, error = %e, "publish not acknowledged; sending again with the same id");
                 }
                 self.publisher.inner.metrics.retried();
                 let (retry, started) = (f.retry, f.started);
-                self.send(f.index, f.event, f.options, m, retry, started)
-                    .await;
+                self.send(f.index, f.event, m, retry, started).await;
             }
             Err(encode_error) => self.out[f.index] = Some(Err(encode_error)),
         }
     }
 }
 
-/// The error of an event that `publish_all` did not send, having stopped.
 /// The error of an event that `publish_all` did not send, having stopped. It carries the id
 /// the caller gave, if any (an event not sent has no other).
-fn not_sent<E: EventSet>(event: &E, options: &PublishOptions, why: &str) -> Error {
-    let subject = event
-        .event_subject()
-        .map(|s| s.into_string())
-        .unwrap_or_default();
+fn not_sent(event: &impl Outgoing, why: &str) -> Error {
+    let subject = event.subject();
     let e = Error::new(
         ErrorKind::NotSent,
         format!("event on `{subject}` was not sent, so it is not stored: publish_all stopped sending because {why}"),
     );
-    match &options.id {
+    match &event.options().id {
         Some(id) => e.with_event_id(id),
         None => e,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(wait: Duration) -> Limits {
-        Limits {
-            attempts: 3,
-            unavailable_wait: wait,
-        }
-    }
-
-    fn nobody() -> PublishError {
-        PublishError::new(PublishErrorKind::StreamNotFound)
-    }
-
-    #[test]
-    fn nobody_answering_is_retried_until_the_wait_and_then_is_not_stored() {
-        let limits = limits(Duration::ZERO);
-        let mut retry = Retry::default();
-        match retry.after(nobody(), &limits) {
-            Next::Fail(e) => assert_eq!(e.kind(), PublishErrorKind::StreamNotFound),
-            _ => panic!("the wait is over: the publish fails"),
-        }
-        let limits = self::limits(Duration::from_secs(60));
-        let mut retry = Retry::default();
-        let pauses: Vec<Duration> = (0..30)
-            .map(|_| match retry.after(nobody(), &limits) {
-                Next::IfStreamExists(pause, _) => pause,
-                _ => panic!("retried within the wait"),
-            })
-            .collect();
-        assert_eq!(pauses[0], Duration::from_millis(50));
-        assert_eq!(pauses[1], Duration::from_millis(100));
-        assert_eq!(
-            pauses[29], MAX_NO_STREAM_PAUSE,
-            "pauses grow to at most 1 s"
-        );
-    }
-
-    #[test]
-    fn nobody_answering_after_a_timeout_is_maybe_stored() {
-        let limits = limits(Duration::ZERO);
-        let mut retry = Retry::default();
-        assert!(matches!(
-            retry.after(PublishError::new(PublishErrorKind::TimedOut), &limits),
-            Next::Again(_)
-        ));
-        match retry.after(nobody(), &limits) {
-            Next::Fail(e) => {
-                assert_eq!(e.kind(), PublishErrorKind::TimedOut, "maybe stored");
-                let error = publish_error("order.1.created", e);
-                assert_eq!(error.kind(), ErrorKind::Timeout);
-                assert!(
-                    crate::error::chain(&error).contains("may be stored"),
-                    "{}",
-                    crate::error::chain(&error)
-                );
-            }
-            _ => panic!("the wait is over: the publish fails"),
-        }
-    }
-
-    #[test]
-    fn timeouts_are_retried_publish_attempts_times_in_all() {
-        let limits = limits(Duration::from_secs(60));
-        let mut retry = Retry::default();
-        let timeout = || PublishError::new(PublishErrorKind::TimedOut);
-        assert!(matches!(retry.after(timeout(), &limits), Next::Again(_)));
-        // "Nobody answers" in between does not use an attempt.
-        assert!(matches!(
-            retry.after(nobody(), &limits),
-            Next::IfStreamExists(..)
-        ));
-        assert!(matches!(retry.after(timeout(), &limits), Next::Again(_)));
-        assert!(matches!(retry.after(timeout(), &limits), Next::Fail(_)));
     }
 }

@@ -26,6 +26,7 @@
 
 mod asyncapi;
 mod bus;
+mod caller;
 mod cluster;
 mod countdown;
 mod monitor;
@@ -36,6 +37,7 @@ mod wait;
 
 pub use asyncapi::{validate_asyncapi, ASYNCAPI_ENV};
 pub use bus::{publisher, store_backlog};
+pub use caller::Caller;
 pub use cluster::NatsCluster;
 pub use countdown::{median, Countdown};
 pub use probe::Probe;

@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::StreamMess
 use async_nats::HeaderMap;
 use eventbus::prelude::*;
 use eventbus::{Config, ErrorKind, PublishOptions, StreamOptions};
-use eventbus_tests::{wait_for, wait_until, NatsServer, Probe, Retries};
+use eventbus_tests::{wait_for, wait_until, Caller, NatsServer, Probe, Retries};
 
 /// How long any one condition may take to come true.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -630,8 +630,17 @@ struct FrozenAllPlaced {
     n: u64,
 }
 
+/// From a task (the window sends from the calling task) and from a thread blocking on the
+/// runtime (the events are handed to a task of `publish_all`'s own, whose warnings reach the
+/// caller's subscriber).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_all_retried_after_a_lost_acknowledgement_stores_each_event_once() {
+    for caller in Caller::BOTH {
+        publish_all_retried_after_a_lost_acknowledgement(caller).await;
+    }
+}
+
+async fn publish_all_retried_after_a_lost_acknowledgement(caller: Caller) {
     let server = NatsServer::start().await;
     let bus = impatient_publisher(&server).await;
     let pid = server.pid().expect("running");
@@ -645,11 +654,11 @@ async fn publish_all_retried_after_a_lost_acknowledgement_stores_each_event_once
     signal(pid, "STOP");
     let resume = Resume(pid);
     let retries = Retries::default();
-    let publish = tokio::spawn(retries.attach({
+    let publish = tokio::spawn(caller.run(retries.attach({
         let bus = bus.clone();
         let events = events.clone();
         async move { bus.publish_all(&events).await }
-    }));
+    })));
     wait_until(
         TIMEOUT,
         "a publish was not acknowledged and is sent again",
@@ -663,6 +672,7 @@ async fn publish_all_retried_after_a_lost_acknowledgement_stores_each_event_once
         .await
         .expect("publish_all completes once the server runs again")
         .expect("the publishing task");
+    println!("{caller:?}: {} retries", retries.count());
     let published: Vec<_> = results
         .into_iter()
         .enumerate()
@@ -764,6 +774,86 @@ async fn publish_all_stops_on_a_silent_server_and_says_which_events_were_not_sen
         assert_eq!(*count, 1, "event {n} stored once");
     }
     bus.shutdown().await.unwrap();
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(aggregate = "pub_dropped_all", name = "placed")]
+struct DroppedAllPlaced {
+    #[event(aggregate_id)]
+    id: String,
+    n: usize,
+}
+
+/// A `publish_all` given up by its caller (a timeout around it) sends nothing more, from a task
+/// and from a thread blocking on the runtime (where its events were handed to a task of its
+/// own, which the dropped call stops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_all_the_caller_gives_up_sends_nothing_more() {
+    for caller in Caller::BOTH {
+        let server = NatsServer::start().await;
+        let bus = publisher(&server).await;
+        let marker = |n| DroppedAllPlaced {
+            id: "marker".into(),
+            n,
+        };
+        bus.publish(&marker(0)).await.unwrap();
+        let events: Vec<DroppedAllPlaced> = (1..=20_000)
+            .map(|n| DroppedAllPlaced {
+                id: format!("d{}", n % 7),
+                n,
+            })
+            .collect();
+        let pid = server.pid().expect("running");
+        signal(pid, "STOP");
+        let resume = Resume(pid);
+        let given_up = caller
+            .run({
+                let bus = bus.clone();
+                async move {
+                    tokio::time::timeout(Duration::from_millis(300), bus.publish_all(&events)).await
+                }
+            })
+            .await;
+        assert!(given_up.is_err(), "{caller:?}: the server is silent");
+        signal(pid, "CONT");
+        drop(resume);
+
+        // What had reached the connection is stored before the markers sent after it; a
+        // publish_all still sending would add a window's worth between two markers.
+        let mut last = 0;
+        for n in 1..=10 {
+            last = tokio::time::timeout(TIMEOUT, bus.publish(&marker(usize::MAX - n)))
+                .await
+                .expect("the server answers again")
+                .expect("the marker is stored")
+                .sequence;
+        }
+        let stored = Probe::new(&server).await.all("PUB_DROPPED_ALL").await;
+        let sent = stored.len() - 11;
+        assert!(
+            sent <= 1024,
+            "{caller:?}: at most a window was sent before the call was given up: {sent}"
+        );
+        assert_eq!(
+            stored.last().map(|m| m.sequence),
+            Some(last),
+            "{caller:?}: nothing was sent after the markers"
+        );
+        let tail: Vec<usize> = stored[stored.len() - 10..]
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<DroppedAllPlaced>(&m.payload)
+                    .unwrap()
+                    .n
+            })
+            .collect();
+        assert!(
+            tail.iter().all(|n| *n > 20_000),
+            "{caller:?}: the last ten are the markers, nothing of publish_all between them"
+        );
+        println!("{caller:?}: {sent} events had reached the server");
+        bus.shutdown().await.unwrap();
+    }
 }
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -889,9 +979,19 @@ struct AllPlaced {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_all_reports_each_outcome_in_order() {
+    for caller in Caller::BOTH {
+        publish_all_reports_each_outcome_in_order_from(caller).await;
+    }
+}
+
+async fn publish_all_reports_each_outcome_in_order_from(caller: Caller) {
     let server = NatsServer::start().await;
     let bus = publisher(&server).await;
     let probe = Probe::new(&server).await;
+    let publish_all = |events: Vec<AllPlaced>| {
+        let bus = bus.clone();
+        caller.run(async move { bus.publish_all(&events).await })
+    };
 
     let ids = ["a1", "a2", "bad.id", "a1", "a3"];
     let events: Vec<AllPlaced> = ids
@@ -902,7 +1002,7 @@ async fn publish_all_reports_each_outcome_in_order() {
             n: n as u64,
         })
         .collect();
-    let results = bus.publish_all(&events).await;
+    let results = publish_all(events.clone()).await;
 
     assert_eq!(results.len(), events.len(), "one outcome per event");
     let err = results[2].as_ref().expect_err("the invalid id");
@@ -944,13 +1044,13 @@ async fn publish_all_reports_each_outcome_in_order() {
             n,
         })
         .collect();
-    let results = bus.publish_all(&many).await;
+    let results = publish_all(many).await;
     let sequences: Vec<u64> = results
         .into_iter()
         .map(|r| r.expect("stored").sequence)
         .collect();
     assert_eq!(sequences, (5..5 + 2500).collect::<Vec<u64>>());
-    assert!(bus.publish_all(Vec::<&AllPlaced>::new()).await.is_empty());
+    assert!(publish_all(Vec::new()).await.is_empty());
     bus.shutdown().await.unwrap();
 }
 

@@ -115,7 +115,7 @@ pub(crate) async fn run(
     grace: Duration,
 ) {
     let rescuer = given_up.map(|g| tokio::spawn(rescue::run(worker.clone(), g, stop.clone())));
-    let _rescuer = AbortOnDrop(rescuer);
+    let _rescuer = rescuer.map(tokio_util::task::AbortOnDropHandle::new);
     let plan = &worker.plan;
     // The handlers in flight, polled by this worker's task: no task is spawned per event.
     let mut tasks: Tasks = FuturesUnordered::new();
@@ -334,17 +334,6 @@ impl Ahead {
     /// window, so requests overlap and the flow does not stop while one travels.
     fn batch(&self) -> usize {
         ((self.concurrency + self.room()) / 4).max(1)
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            t.abort();
-        }
     }
 }
 
