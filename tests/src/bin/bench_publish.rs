@@ -23,8 +23,9 @@
 //! "in a task" is a task spawned on the runtime, as in a service (a handler, a request); "on
 //! main" is `#[tokio::main]`'s own thread, outside the runtime's workers, as in a one-off
 //! script. On main, every message handed to the connection's task wakes a worker thread of the
-//! runtime, and the messages are allocated on one thread and freed on another: a publisher that
-//! allocates per message (eventbus builds nine headers) pays for it there, more than in a task.
+//! runtime, and the messages are allocated on one thread and freed on another; raw publishes
+//! from main as it is, and eventbus's `publish_all` makes only the subjects and bodies there
+//! and hands them to a task of its own, which makes the headers and sends.
 //!
 //! It prints each round's rates, the CPU time per event of this process and of the server, and
 //! per mode the ratio raw time / eventbus time over all rounds, with the median of the rounds'
