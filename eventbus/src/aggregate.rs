@@ -12,7 +12,7 @@ use crate::backend::Backend;
 use crate::envelope::{encode, headers, EncodeOptions};
 use crate::error::{BoxError, Conflict, Error, ErrorKind};
 use crate::event::EventSet;
-use crate::observe::trace;
+use crate::observe::trace::PublishTrace;
 use crate::publish::{is_wrong_last_sequence, publish_error, PublishOptions, Published, Publisher};
 use crate::read::{stream_of, Read};
 use crate::subject::check_aggregate_id;
@@ -121,21 +121,19 @@ pub(crate) async fn append<E: EventSet>(
     let mut published = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
         let d = event.descriptor();
-        let span = trace::publish_span(d.subject_pattern);
-        let trace = trace::outgoing(&span, crate::publish::carried(chain));
+        let trace = PublishTrace::start(d.subject_pattern, crate::publish::carried(chain));
         let encoded = encode(
             event,
             &EncodeOptions {
                 source: publisher.service(),
                 correlation_id: chain.correlation_id.as_deref(),
                 causation_id: chain.causation_id.as_deref(),
-                traceparent: trace.traceparent.as_deref(),
-                tracestate: trace.tracestate.as_deref(),
+                traceparent: trace.context.traceparent.as_deref(),
+                tracestate: trace.context.tracestate.as_deref(),
                 ..Default::default()
             },
         )?;
-        span.record("messaging.destination.name", encoded.subject.as_str());
-        span.record("messaging.message.id", encoded.id.as_str());
+        trace.sent(encoded.subject.as_str(), &encoded.id);
         let mut headers = encoded.headers;
         headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
         headers.insert(
@@ -162,8 +160,9 @@ pub(crate) async fn append<E: EventSet>(
         };
         let started = std::time::Instant::now();
         let result = append_one(publisher, &sent, headers, encoded.payload)
-            .instrument(span)
+            .instrument(trace.span().clone())
             .await;
+        drop(trace);
         let failed = result.as_ref().err().map(|e| format!("{:?}", e.kind()));
         publisher
             .metrics()

@@ -23,7 +23,7 @@ use crate::envelope::{encode, encode_at, headers, Body, EncodeOptions, EncodedEv
 use crate::error::{Error, ErrorKind};
 use crate::event::{EventDescriptor, EventSet};
 use crate::observe::metrics::{PublishMetrics, RAW};
-use crate::observe::trace::{self, TraceContext};
+use crate::observe::trace::{self, PublishTrace, TraceContext};
 
 /// How long a publish that found no stream, though one stores its subject, waits before it is
 /// sent again (times the attempt).
@@ -186,17 +186,10 @@ impl Publisher {
         options: &PublishOptions,
     ) -> Result<Published, Error> {
         let d = event.descriptor();
-        let span = trace::publish_span(d.subject_pattern);
-        let trace = trace::outgoing(&span, carried(options));
-        let span = if trace::sampled_out(&span, &trace) {
-            tracing::Span::none()
-        } else {
-            span
-        };
-        let mut opts = encode_options(&self.inner.service, options, Some(&trace));
+        let trace = PublishTrace::start(d.subject_pattern, carried(options));
+        let mut opts = encode_options(&self.inner.service, options, Some(&trace.context));
         let encoded = encode(event, &opts)?;
-        span.record("messaging.destination.name", encoded.subject.as_str());
-        span.record("messaging.message.id", encoded.id.as_str());
+        trace.sent(encoded.subject.as_str(), &encoded.id);
         // A retry sends the same headers, made again from the same id and time.
         opts.id = Some(&encoded.id);
         let time = encoded.time;
@@ -209,7 +202,7 @@ impl Publisher {
         let started = Instant::now();
         let sent = self
             .send_acked_with(subject, encoded.headers, encoded.payload, again)
-            .instrument(span)
+            .instrument(trace.span().clone())
             .await;
         let result = match sent {
             Ok(ack) => Ok(published(ack, encoded.id)),

@@ -93,6 +93,18 @@ fn traced(
     Made,
     tracing::subscriber::DefaultGuard,
 ) {
+    traced_with(root, false)
+}
+
+/// [`traced`], the provider also set as the global tracer provider if `global`.
+fn traced_with(
+    root: opentelemetry_sdk::trace::Sampler,
+    global: bool,
+) -> (
+    opentelemetry_sdk::trace::InMemorySpanExporter,
+    Made,
+    tracing::subscriber::DefaultGuard,
+) {
     let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -100,6 +112,9 @@ fn traced(
             root,
         )))
         .build();
+    if global {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
     let made = Made::default();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("sampling-test")))
@@ -268,4 +283,146 @@ async fn a_publish_that_starts_a_trace_not_sampled_writes_it_on_on_nats() {
 #[tokio::test]
 async fn a_publish_that_starts_a_trace_not_sampled_writes_it_on_in_process() {
     a_publish_that_starts_a_trace_not_sampled_writes_it_on("memory://sampling-root").await;
+}
+
+/// With the provider also the global tracer provider (as a service sets it up), a publish that
+/// starts a trace is sampled before any span is made (README, "What it costs"): once eventbus
+/// has seen the OpenTelemetry layer, a dropped one makes no `tracing` span and writes its
+/// trace on, not sampled; a kept one is exported as the conventions name it, made by the
+/// provider's tracer, the parent of the delivery's span.
+async fn a_publish_that_starts_a_trace_is_sampled_before_any_span_is_made(url: &str, keep: bool) {
+    use opentelemetry_sdk::trace::Sampler;
+
+    let sampler = if keep {
+        Sampler::AlwaysOn
+    } else {
+        Sampler::AlwaysOff
+    };
+    let (exporter, made, _default) = traced_with(sampler, true);
+    let (front, back) = services(url).await;
+    let publishes = || made.0.lock().expect("made").get("publish").copied();
+    // The first publish makes its span through the layer, which eventbus then knows is there.
+    front
+        .publish(&OrderPlaced { id: "w0".into() })
+        .await
+        .unwrap();
+    invoice_traceparent(&front, "w0").await;
+    let before = publishes();
+    let spans_before = exporter.get_finished_spans().unwrap().len();
+
+    let order = front
+        .publish(&OrderPlaced { id: "g1".into() })
+        .await
+        .unwrap();
+    let stored = front
+        .read::<OrderPlaced>("g1")
+        .collect()
+        .await
+        .unwrap()
+        .remove(0);
+    let started = stored.metadata.traceparent.clone().expect("a traceparent");
+    let trace = started.split('-').nth(1).expect("a trace id").to_owned();
+    assert!(trace != "0".repeat(32), "a trace of its own: {started}");
+    let invoice = invoice_traceparent(&front, "g1").await;
+    assert!(
+        invoice.starts_with(&format!("00-{trace}-")),
+        "the invoice is in the trace the publish started: {invoice}"
+    );
+    // The invoice's publish is inside the handler's trace: a span of its own, as before.
+    let root_publishes = publishes().unwrap_or(0) - before.unwrap_or(0);
+    assert_eq!(
+        root_publishes,
+        usize::from(keep),
+        "no `tracing` span for the publish that started the trace, only for the invoice's (made in a sampled trace)"
+    );
+    if !keep {
+        assert!(started.ends_with("-00"), "not sampled: {started}");
+        assert!(invoice.ends_with("-00"), "not sampled: {invoice}");
+        assert_eq!(exporter.get_finished_spans().unwrap().len(), 0);
+        assert_eq!(made.0.lock().expect("made").get("process"), None);
+    } else {
+        assert!(started.ends_with("-01"), "sampled: {started}");
+        let spans = wait_for(TIMEOUT, "the trace's three spans exported", || {
+            let exporter = exporter.clone();
+            let trace = trace.clone();
+            async move {
+                let spans: Vec<_> = exporter
+                    .get_finished_spans()
+                    .ok()?
+                    .into_iter()
+                    .skip(spans_before)
+                    .filter(|s| s.span_context.trace_id().to_string() == trace)
+                    .collect();
+                (spans.len() >= 3).then_some(spans)
+            }
+        })
+        .await;
+        let span = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name} exported"))
+        };
+        let publish = span("publish smp_order.{id}.placed");
+        assert_eq!(publish.span_kind, opentelemetry::trace::SpanKind::Producer);
+        assert_eq!(
+            publish.parent_span_id,
+            SpanId::INVALID,
+            "it starts the trace"
+        );
+        assert_eq!(
+            started,
+            format!("00-{trace}-{}-01", publish.span_context.span_id()),
+            "the event carries the publish span's context"
+        );
+        let attr = |key: &str| {
+            publish
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+                .unwrap_or_else(|| panic!("attribute {key}"))
+        };
+        assert_eq!(attr("messaging.system"), "nats");
+        assert_eq!(attr("messaging.operation.name"), "publish");
+        assert_eq!(attr("messaging.operation.type"), "send");
+        assert_eq!(
+            attr("messaging.destination.template"),
+            "smp_order.{id}.placed"
+        );
+        assert_eq!(attr("messaging.destination.name"), "smp_order.g1.placed");
+        assert_eq!(attr("messaging.message.id"), order.id);
+        let process = span("process smp_order.{id}.placed");
+        assert_eq!(process.parent_span_id, publish.span_context.span_id());
+        assert_eq!(
+            span("publish smp_invoice.{id}.issued").parent_span_id,
+            process.span_context.span_id()
+        );
+    }
+    front.shutdown().await.unwrap();
+    back.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_publish_that_starts_a_dropped_trace_makes_no_span_on_nats() {
+    let server = NatsServer::start().await;
+    a_publish_that_starts_a_trace_is_sampled_before_any_span_is_made(&server.url(), false).await;
+}
+
+#[tokio::test]
+async fn a_publish_that_starts_a_dropped_trace_makes_no_span_in_process() {
+    a_publish_that_starts_a_trace_is_sampled_before_any_span_is_made("memory://smp-drop", false)
+        .await;
+}
+
+#[tokio::test]
+async fn a_publish_that_starts_a_kept_trace_is_exported_by_the_providers_tracer_on_nats() {
+    let server = NatsServer::start().await;
+    a_publish_that_starts_a_trace_is_sampled_before_any_span_is_made(&server.url(), true).await;
+}
+
+#[tokio::test]
+async fn a_publish_that_starts_a_kept_trace_is_exported_by_the_providers_tracer_in_process() {
+    a_publish_that_starts_a_trace_is_sampled_before_any_span_is_made("memory://smp-keep", true)
+        .await;
 }

@@ -162,7 +162,7 @@ pub(crate) fn outgoing(span: &Span, carried: TraceContext) -> TraceContext {
 /// is what [`outgoing`] made of it): a publish that started a trace, whose span the layer
 /// built only for the sampler to decide on. Its context is written on as it is; the send need
 /// not run in the span, which would be entered and left at every poll for nothing.
-pub(crate) fn sampled_out(span: &Span, trace: &TraceContext) -> bool {
+fn sampled_out(span: &Span, trace: &TraceContext) -> bool {
     #[cfg(feature = "opentelemetry")]
     {
         let flags = trace
@@ -176,6 +176,72 @@ pub(crate) fn sampled_out(span: &Span, trace: &TraceContext) -> bool {
     {
         let _ = (span, trace);
         false
+    }
+}
+
+/// The tracing of one publish: the span it runs in (none in a trace not sampled) and the
+/// trace context its event carries. `Publisher::publish` and `append` start one per event.
+pub(crate) struct PublishTrace {
+    span: Span,
+    /// The trace context the event carries.
+    pub(crate) context: TraceContext,
+    /// A publish that started a trace sampled by the global tracer provider: its
+    /// OpenTelemetry span, made without a `tracing` span, ended when this is dropped.
+    #[cfg(feature = "opentelemetry")]
+    root: Option<std::sync::Mutex<opentelemetry::global::BoxedSpan>>,
+}
+
+impl PublishTrace {
+    /// Starts the tracing of a publish of an event type whose subject pattern is `pattern`;
+    /// `carried` is the trace context of the event a handler is handling, written on when no
+    /// OpenTelemetry context is current.
+    ///
+    /// A publish that starts a trace (no span current) while an OpenTelemetry layer records
+    /// eventbus's spans and a global tracer provider is set is sampled by that provider first:
+    /// dropped, it makes no span at all and writes the new trace on, not sampled; kept, its
+    /// span is made by the provider's tracer directly. Either way no `tracing` span is made
+    /// for the layer to build, sample and drop: with 1 % of traces sampled, that was most of
+    /// what tracing cost a publish (see README, "What it costs").
+    pub(crate) fn start(pattern: &str, carried: TraceContext) -> PublishTrace {
+        #[cfg(feature = "opentelemetry")]
+        if let Some((root, context)) = otel::start_root(Template(pattern)) {
+            return PublishTrace {
+                span: Span::none(),
+                context,
+                root: root.map(std::sync::Mutex::new),
+            };
+        }
+        let span = publish_span(pattern);
+        let context = outgoing(&span, carried);
+        let span = if sampled_out(&span, &context) {
+            Span::none()
+        } else {
+            span
+        };
+        PublishTrace {
+            span,
+            context,
+            #[cfg(feature = "opentelemetry")]
+            root: None,
+        }
+    }
+
+    /// Records where the event goes and its message id, once encoded.
+    pub(crate) fn sent(&self, subject: &str, id: &str) {
+        self.span.record("messaging.destination.name", subject);
+        self.span.record("messaging.message.id", id);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(root) = &self.root {
+            // Only this publish holds it.
+            if let Ok(mut root) = root.lock() {
+                otel::sent(&mut root, subject, id);
+            }
+        }
+    }
+
+    /// The span the publish runs in.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
     }
 }
 
@@ -301,8 +367,10 @@ mod otel {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_nats::HeaderMap;
+    use opentelemetry::global::BoxedSpan;
     use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+        Tracer as _,
     };
     use opentelemetry::{KeyValue, Value};
     use tracing::Span;
@@ -451,6 +519,54 @@ mod otel {
         let span = cx.span();
         let sc = span.span_context();
         (sc.is_valid() && !sc.is_sampled()).then(|| headers_of(sc))
+    }
+
+    /// A publish that starts a trace, sampled by the global tracer provider before any span
+    /// is made (see [`super::PublishTrace::start`]): its span if the sampler records it, and
+    /// the context the event carries. `None` when the publish does not start a trace (a
+    /// `tracing` span or an OpenTelemetry context is current), when no OpenTelemetry layer
+    /// records eventbus's spans, or when no global tracer provider is set (its no-op tracer
+    /// makes no valid context): the publish then gets a `tracing` span as before.
+    pub(super) fn start_root(
+        template: super::Template<'_>,
+    ) -> Option<(Option<BoxedSpan>, TraceContext)> {
+        if !LAYER_SEEN.load(Ordering::Relaxed) || !Span::current().is_none() {
+            return None;
+        }
+        let parent = opentelemetry::Context::current();
+        if parent.span().span_context().is_valid()
+            || !tracing::span_enabled!(target: "eventbus::publish", tracing::Level::INFO)
+        {
+            return None;
+        }
+        let tracer = opentelemetry::global::tracer("eventbus");
+        let mut span = tracer
+            .span_builder(format!("publish {template}"))
+            .with_kind(SpanKind::Producer)
+            .start_with_context(&tracer, &parent);
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        let context = headers_of(sc);
+        if !span.is_recording() {
+            return Some((None, context));
+        }
+        span.set_attributes([
+            KeyValue::new("messaging.system", super::SYSTEM),
+            KeyValue::new("messaging.operation.name", "publish"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.template", template.to_string()),
+        ]);
+        Some((Some(span), context))
+    }
+
+    /// Gives a publish's own span (see [`start_root`]) its subject and message id.
+    pub(super) fn sent(span: &mut BoxedSpan, subject: &str, id: &str) {
+        span.set_attributes([
+            KeyValue::new("messaging.destination.name", subject.to_owned()),
+            KeyValue::new("messaging.message.id", id.to_owned()),
+        ]);
     }
 
     /// Makes `sc`, the context the event carries, the parent of `span`, and links to it.

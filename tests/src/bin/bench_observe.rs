@@ -2,7 +2,7 @@
 //! the same with both off, on the same server in the same run.
 //!
 //! Run: `cargo run --release -p eventbus-tests --bin bench_observe -- [pipelined] [awaited] [backlog] [rounds]`
-//! (defaults: 20000 pipelined events, 2000 awaited events, a backlog of 50000, 5 rounds). It
+//! (defaults: 20000 pipelined events, 10000 awaited events, a backlog of 50000, 5 rounds). It
 //! starts its own nats-server (see the harness). "On" is what a production service runs with:
 //! a Prometheus recorder (`metrics-exporter-prometheus`) for eventbus's metrics and a
 //! `tracing-opentelemetry` layer exporting every span through a batch processor (the
@@ -30,7 +30,9 @@
 //! tracing samples; `BENCH_LAYER=none` records the spans with `tracing-subscriber`'s registry
 //! alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a layer that takes no timings at
 //! each poll and adds no thread or source location; `BENCH_LEVEL` (default `info`, as a
-//! service's filter) says which levels are recorded. Wall times on a shared machine drift:
+//! service's filter) says which levels are recorded; `BENCH_GLOBAL=0` does not make the
+//! provider the global one (a publish that starts a trace then makes its span through the
+//! layer, to be sampled there). Wall times on a shared machine drift:
 //! compare the medians and the CPU times, over several rounds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,7 +200,7 @@ async fn main() {
             .map(|a| a.parse().expect("a number"))
             .unwrap_or(default)
     };
-    let (n_pipelined, n_awaited, backlog, rounds) = (arg(20_000), arg(2_000), arg(50_000), arg(5));
+    let (n_pipelined, n_awaited, backlog, rounds) = (arg(20_000), arg(10_000), arg(50_000), arg(5));
     let server = NatsServer::start().await;
     let url = server.url();
 
@@ -215,6 +217,12 @@ async fn main() {
             ),
         )))
         .build();
+    // The provider is the global one too, as a service sets it up (eventbus then samples a
+    // publish that starts a trace before making its span); BENCH_GLOBAL=0 leaves the global
+    // provider unset, so every publish makes its span through the layer.
+    if std::env::var("BENCH_GLOBAL").map_or(true, |v| v != "0") {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
     // The levels recorded, as a service's filter says (`RUST_LOG=info`): BENCH_LEVEL, default
     // info; `trace` records the debug and trace events of async-nats too.
     let level: tracing_subscriber::filter::LevelFilter = std::env::var("BENCH_LEVEL")
