@@ -25,7 +25,8 @@
 //! over all rounds (1.0: no cost; 0.95: on takes 5 % longer) and the same ratio of CPU time.
 //!
 //! `BENCH_ON=metrics` or `BENCH_ON=tracing` turns on only that one in the "on" parts, to see
-//! which costs what; `BENCH_SAMPLE=0.01` records that share of traces (parent-based, by trace
+//! which costs what, and `BENCH_ON=nothing` neither (an A/A run: what the two sides differ by
+//! with nothing on, the bench's own bias and noise); `BENCH_SAMPLE=0.01` records that share of traces (parent-based, by trace
 //! id: the root publishes decide, the deliveries follow their `traceparent`), as production
 //! tracing samples; `BENCH_LAYER=none` records the spans with `tracing-subscriber`'s registry
 //! alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a layer that takes no timings at
@@ -170,14 +171,19 @@ where
         if (turn == 0) == on_first {
             let only = std::env::var("BENCH_ON").unwrap_or_default();
             let none = metrics::NoopRecorder;
-            let _metrics = metrics::set_default_local_recorder(if only == "tracing" {
-                &none
-            } else {
-                recorder
-            });
+            let _metrics =
+                metrics::set_default_local_recorder(if only == "tracing" || only == "nothing" {
+                    &none
+                } else {
+                    recorder
+                });
             let off = tracing::Dispatch::none();
             let tracing =
-                tracing::dispatcher::set_default(if only == "metrics" { &off } else { tracing });
+                tracing::dispatcher::set_default(if only == "metrics" || only == "nothing" {
+                    &off
+                } else {
+                    tracing
+                });
             // Callsites first met with no subscriber were cached as never enabled.
             tracing::callsite::rebuild_interest_cache();
             on.wall = part(true).await;
