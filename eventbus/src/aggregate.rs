@@ -121,15 +121,16 @@ pub(crate) async fn append<E: EventSet>(
     let mut published = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
         let d = event.descriptor();
-        let trace = PublishTrace::start(d.subject_pattern, crate::publish::carried(chain));
+        let (mut trace, context) =
+            PublishTrace::start(d.subject_pattern, crate::publish::carried(chain));
         let encoded = encode(
             event,
             &EncodeOptions {
                 source: publisher.service(),
                 correlation_id: chain.correlation_id.as_deref(),
                 causation_id: chain.causation_id.as_deref(),
-                traceparent: trace.context.traceparent.as_deref(),
-                tracestate: trace.context.tracestate.as_deref(),
+                traceparent: context.traceparent.as_deref(),
+                tracestate: context.tracestate.as_deref(),
                 ..Default::default()
             },
         )?;

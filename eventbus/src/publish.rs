@@ -186,8 +186,8 @@ impl Publisher {
         options: &PublishOptions,
     ) -> Result<Published, Error> {
         let d = event.descriptor();
-        let trace = PublishTrace::start(d.subject_pattern, carried(options));
-        let mut opts = encode_options(&self.inner.service, options, Some(&trace.context));
+        let (mut trace, context) = PublishTrace::start(d.subject_pattern, carried(options));
+        let mut opts = encode_options(&self.inner.service, options, Some(&context));
         let encoded = encode(event, &opts)?;
         trace.sent(encoded.subject.as_str(), &encoded.id);
         // A retry sends the same headers, made again from the same id and time.

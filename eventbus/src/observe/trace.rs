@@ -97,16 +97,18 @@ pub(crate) fn publish_span(pattern: &str) -> Span {
         messaging.destination.name = Empty,
         messaging.message.id = Empty,
     );
-    describe(
-        &span,
-        &[
-            ("messaging.system", Attr::Static(SYSTEM)),
-            ("messaging.operation.name", Attr::Static("publish")),
-            ("messaging.operation.type", Attr::Static("send")),
-            ("messaging.destination.template", Attr::Template(template)),
-        ],
-    );
+    describe(&span, &publish_attrs(template));
     span
+}
+
+/// The attributes of a publish that a log line does not need (see [`describe`]).
+fn publish_attrs(template: Template<'_>) -> [(&'static str, Attr<'_>); 4] {
+    [
+        ("messaging.system", Attr::Static(SYSTEM)),
+        ("messaging.operation.name", Attr::Static("publish")),
+        ("messaging.operation.type", Attr::Static("send")),
+        ("messaging.destination.template", Attr::Template(template)),
+    ]
 }
 
 /// A string attribute of a span.
@@ -179,22 +181,20 @@ fn sampled_out(span: &Span, trace: &TraceContext) -> bool {
     }
 }
 
-/// The tracing of one publish: the span it runs in (none in a trace not sampled) and the
-/// trace context its event carries. `Publisher::publish` and `append` start one per event.
+/// The tracing of one publish: the span it runs in (none in a trace not sampled).
+/// `Publisher::publish` and `append` start one per event.
 pub(crate) struct PublishTrace {
     span: Span,
-    /// The trace context the event carries.
-    pub(crate) context: TraceContext,
     /// A publish that started a trace sampled by the global tracer provider: its
     /// OpenTelemetry span, made without a `tracing` span, ended when this is dropped.
     #[cfg(feature = "opentelemetry")]
-    root: Option<std::sync::Mutex<opentelemetry::global::BoxedSpan>>,
+    root: Option<opentelemetry::global::BoxedSpan>,
 }
 
 impl PublishTrace {
-    /// Starts the tracing of a publish of an event type whose subject pattern is `pattern`;
-    /// `carried` is the trace context of the event a handler is handling, written on when no
-    /// OpenTelemetry context is current.
+    /// Starts the tracing of a publish of an event type whose subject pattern is `pattern`,
+    /// with the trace context its event carries; `carried` is the trace context of the event
+    /// a handler is handling, written on when no OpenTelemetry context is current.
     ///
     /// A publish that starts a trace (no span current) while an OpenTelemetry layer records
     /// eventbus's spans and a global tracer provider is set is sampled by that provider first:
@@ -202,14 +202,11 @@ impl PublishTrace {
     /// span is made by the provider's tracer directly. Either way no `tracing` span is made
     /// for the layer to build, sample and drop: with 1 % of traces sampled, that was most of
     /// what tracing cost a publish (see README, "What it costs").
-    pub(crate) fn start(pattern: &str, carried: TraceContext) -> PublishTrace {
+    pub(crate) fn start(pattern: &str, carried: TraceContext) -> (PublishTrace, TraceContext) {
         #[cfg(feature = "opentelemetry")]
         if let Some((root, context)) = otel::start_root(Template(pattern)) {
-            return PublishTrace {
-                span: Span::none(),
-                context,
-                root: root.map(std::sync::Mutex::new),
-            };
+            let span = Span::none();
+            return (PublishTrace { span, root }, context);
         }
         let span = publish_span(pattern);
         let context = outgoing(&span, carried);
@@ -218,24 +215,25 @@ impl PublishTrace {
         } else {
             span
         };
-        PublishTrace {
+        let trace = PublishTrace {
             span,
-            context,
             #[cfg(feature = "opentelemetry")]
             root: None,
-        }
+        };
+        (trace, context)
     }
 
     /// Records where the event goes and its message id, once encoded.
-    pub(crate) fn sent(&self, subject: &str, id: &str) {
+    pub(crate) fn sent(&mut self, subject: &str, id: &str) {
         self.span.record("messaging.destination.name", subject);
         self.span.record("messaging.message.id", id);
         #[cfg(feature = "opentelemetry")]
-        if let Some(root) = &self.root {
-            // Only this publish holds it.
-            if let Ok(mut root) = root.lock() {
-                otel::sent(&mut root, subject, id);
-            }
+        if let Some(root) = &mut self.root {
+            use opentelemetry::trace::Span as _;
+            root.set_attributes(otel::key_values(&[
+                ("messaging.destination.name", Attr::Str(subject)),
+                ("messaging.message.id", Attr::Str(id)),
+            ]));
         }
     }
 
@@ -428,16 +426,23 @@ mod otel {
             return false;
         }
         if otel.is_recording() {
-            otel.set_attributes(attrs.iter().map(|(name, value)| {
-                let value = match value {
-                    Attr::Static(v) => Value::from(*v),
-                    Attr::Str(v) => Value::from(v.to_string()),
-                    Attr::Template(t) => Value::from(t.to_string()),
-                };
-                KeyValue::new(*name, value)
-            }));
+            otel.set_attributes(key_values(attrs));
         }
         true
+    }
+
+    /// `attrs` as OpenTelemetry attributes; a `&'static str` is not copied.
+    pub(super) fn key_values<'a>(
+        attrs: &'a [(&'static str, Attr<'_>)],
+    ) -> impl Iterator<Item = KeyValue> + 'a {
+        attrs.iter().map(|(name, value)| {
+            let value = match value {
+                Attr::Static(v) => Value::from(*v),
+                Attr::Str(v) => Value::from(v.to_string()),
+                Attr::Template(t) => Value::from(t.to_string()),
+            };
+            KeyValue::new(*name, value)
+        })
     }
 
     /// A `traceparent` (version 00, or a later one read as 00) as a remote span context.
@@ -552,21 +557,8 @@ mod otel {
         if !span.is_recording() {
             return Some((None, context));
         }
-        span.set_attributes([
-            KeyValue::new("messaging.system", super::SYSTEM),
-            KeyValue::new("messaging.operation.name", "publish"),
-            KeyValue::new("messaging.operation.type", "send"),
-            KeyValue::new("messaging.destination.template", template.to_string()),
-        ]);
+        span.set_attributes(key_values(&super::publish_attrs(template)));
         Some((Some(span), context))
-    }
-
-    /// Gives a publish's own span (see [`start_root`]) its subject and message id.
-    pub(super) fn sent(span: &mut BoxedSpan, subject: &str, id: &str) {
-        span.set_attributes([
-            KeyValue::new("messaging.destination.name", subject.to_owned()),
-            KeyValue::new("messaging.message.id", id.to_owned()),
-        ]);
     }
 
     /// Makes `sc`, the context the event carries, the parent of `span`, and links to it.

@@ -26,15 +26,15 @@
 //!
 //! `BENCH_ON=metrics` or `BENCH_ON=tracing` turns on only that one in the "on" parts, to see
 //! which costs what, and `BENCH_ON=nothing` neither (an A/A run: what the two sides differ by
-//! with nothing on, the bench's own bias and noise); `BENCH_SAMPLE=0.01` records that share of traces (parent-based, by trace
-//! id: the root publishes decide, the deliveries follow their `traceparent`), as production
-//! tracing samples; `BENCH_LAYER=none` records the spans with `tracing-subscriber`'s registry
-//! alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a layer that takes no timings at
-//! each poll and adds no thread or source location; `BENCH_LEVEL` (default `info`, as a
-//! service's filter) says which levels are recorded; `BENCH_GLOBAL=0` does not make the
-//! provider the global one (a publish that starts a trace then makes its span through the
-//! layer, to be sampled there). Wall times on a shared machine drift:
-//! compare the medians and the CPU times, over several rounds.
+//! with nothing on, the bench's own bias and noise); `BENCH_SAMPLE=0.01` records that share of
+//! traces (parent-based, by trace id: the root publishes decide, the deliveries follow their
+//! `traceparent`), as production tracing samples; `BENCH_LAYER=none` records the spans with
+//! `tracing-subscriber`'s registry alone (no OpenTelemetry layer), `BENCH_LAYER=lean` with a
+//! layer that takes no timings at each poll and adds no thread or source location;
+//! `BENCH_LEVEL` (default `info`, as a service's filter) says which levels are recorded;
+//! `BENCH_GLOBAL=0` does not make the provider the global one (a publish that starts a trace
+//! then makes its span through the layer, to be sampled there). Wall times on a shared machine
+//! drift: compare the medians and the CPU times, over several rounds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -171,19 +171,13 @@ where
         if (turn == 0) == on_first {
             let only = std::env::var("BENCH_ON").unwrap_or_default();
             let none = metrics::NoopRecorder;
+            let with_metrics = only != "tracing" && only != "nothing";
             let _metrics =
-                metrics::set_default_local_recorder(if only == "tracing" || only == "nothing" {
-                    &none
-                } else {
-                    recorder
-                });
+                metrics::set_default_local_recorder(if with_metrics { recorder } else { &none });
             let off = tracing::Dispatch::none();
+            let with_tracing = only != "metrics" && only != "nothing";
             let tracing =
-                tracing::dispatcher::set_default(if only == "metrics" || only == "nothing" {
-                    &off
-                } else {
-                    tracing
-                });
+                tracing::dispatcher::set_default(if with_tracing { tracing } else { &off });
             // Callsites first met with no subscriber were cached as never enabled.
             tracing::callsite::rebuild_interest_cache();
             on.wall = part(true).await;
